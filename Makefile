@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`. Each one sets up .venv/ first if needed.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export AIRBIND_CACHE ?= $(CURDIR)/.cache
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-slow clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+test: setup
+	@$(PY) -m pytest -q
+
+test-slow: setup
+	@$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf runs reports .cache/demo

@@ -1,0 +1,177 @@
+"""Splits, shard writing, the streaming reader (2 workers), and corrupt or truncated shards."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shards.deepsense import DeepSenseReader
+from shards.errors import DataError
+from shards.mmfi import MMFiReader
+from shards.splits import assign_splits
+from shards.stream import SkipCounter, StreamConfig, collate, iter_samples, make_loader
+from shards.write import WriteConfig, main, write_dataset
+from tests import builders
+
+
+def _keys(split_records):
+    return {name: {r.key for r in recs} for name, recs in split_records.items()}
+
+
+def test_sequence_split_never_shares_a_sequence(tmp_path):
+    builders.deepsense_full(tmp_path, seqs=10, frames=5, with_sensors=False)
+    records = DeepSenseReader().index(tmp_path)
+    splits = assign_splits(records, "sequence", (0.6, 0.2, 0.2), seed=3)
+    seqs = {name: {r.seq for r in recs} for name, recs in splits.items()}
+    assert not (seqs["train"] & seqs["val"]) and not (seqs["train"] & seqs["test"]) and not (seqs["val"] & seqs["test"])
+    assert sum(len(v) for v in splits.values()) == 50 and all(splits.values())
+    assert _keys(splits) == _keys(assign_splits(records, "sequence", (0.6, 0.2, 0.2), seed=3))  # seeded
+    rnd = assign_splits(records, "random", (0.6, 0.2, 0.2), seed=3)
+    assert [len(v) for v in rnd.values()] == [30, 10, 10]
+
+
+def test_subject_environment_and_pinned_splits(tmp_path):
+    builders.mmfi(tmp_path, envs=("E01", "E02", "E03"), subjects_per_env=2, actions=("A01",), frames=2)
+    records = MMFiReader().index(tmp_path)
+    by_subject = assign_splits(records, "subject", (0.5, 0.25, 0.25), seed=0)
+    subj = {n: {r.meta["subject"] for r in rs} for n, rs in by_subject.items()}
+    assert not (subj["train"] & subj["test"]) and not (subj["train"] & subj["val"])
+    env = assign_splits(records, "environment", (0.7, 0.0, 0.3), held_out={"test": ["E03"]})
+    assert {r.meta["env"] for r in env["test"]} == {"E03"}
+    assert "E03" not in {r.meta["env"] for r in env["train"]} and not env["val"]
+    with pytest.raises(ValueError, match="official split"):
+        assign_splits(records, "official")
+
+
+def _write_mmfi(tmp_path, **kw):
+    root = builders.mmfi(tmp_path / "raw", **kw)
+    cfg = WriteConfig("mmfi", root, tmp_path / "shards", split="random", fractions=(0.5, 0.25, 0.25),
+                      shard_size=5, progress=False)
+    return cfg, write_dataset(cfg)
+
+
+def test_write_then_stream_with_two_workers(tmp_path):
+    cfg, report = _write_mmfi(tmp_path, frames=4)
+    total = 2 * 2 * 3 * 4
+    assert report["written"] == total
+    train = tmp_path / "shards/train"
+    sizes = json.loads((train / "sizes.json").read_text())
+    assert sizes["samples"] == report["splits"]["train"]["samples"] and len(sizes["shards"]) >= 2
+    loader = make_loader(train, StreamConfig(batch_size=4, num_workers=2, image_size=16, shuffle_buffer=0))
+    keys = Counter()
+    for batch in loader:
+        keys.update(batch["key"])
+        assert batch["image"].shape[1:] == (3, 16, 16) and batch["image"].dtype == torch.uint8
+        assert batch["wifi"].shape[1:] == (3, 114, 10)
+        assert batch["radar"].shape[0] == batch["radar_mask"].shape[0] == len(batch["key"])
+        assert bool(batch["present"]["wifi"].all()) and not bool(batch["present"]["beam"].any())
+        assert (batch["activity"] >= 0).all() and batch["has_keypoints"].all()
+    assert sum(keys.values()) == sizes["samples"] and max(keys.values()) == 1  # every sample exactly once
+
+
+def test_collate_pads_masks_and_missing_modalities():
+    rng = np.random.default_rng(0)
+    a = {"__key__": "a", "meta": {"beam": 3}, "radar": rng.normal(size=(3, 5)).astype(np.float32),
+         "lidar": rng.normal(size=(4, 3)).astype(np.float32), "beam": np.ones(64, np.float32)}
+    b = {"__key__": "b", "meta": {"activity": 2, "keypoints": np.zeros((17, 3)).tolist()},
+         "radar": np.zeros((0, 5), np.float32), "lidar": rng.normal(size=(1000, 4)).astype(np.float32)}
+    batch = collate([a, b], max_points=100)
+    assert batch["radar"].shape == (2, 3, 5) and batch["radar_mask"].tolist() == [[True] * 3, [False] * 3]
+    assert batch["lidar"].shape == (2, 100, 4) and batch["lidar_mask"].sum().item() == 104
+    assert batch["lidar"][0, :4, 3].abs().sum() == 0  # N x 3 gets a zero intensity column
+    assert batch["present"]["beam"].tolist() == [True, False] and batch["beam"][1].abs().sum() == 0
+    assert batch["beam_label"].tolist() == [3, -1] and batch["activity"].tolist() == [-1, 2]
+    assert batch["has_keypoints"].tolist() == [False, True] and batch["blockage"].tolist() == [-1.0, -1.0]
+    again = collate([a, b], max_points=100)
+    assert torch.equal(again["lidar"], batch["lidar"])  # subsampling is seeded by the key
+
+
+def test_truncated_shard_is_skipped_and_counted(tmp_path):
+    _write_mmfi(tmp_path, frames=4)
+    train = tmp_path / "shards/train"
+    shards = sorted(train.glob("*.tar"))
+    full = sum(1 for _ in iter_samples(train))
+    data = shards[0].read_bytes()
+    shards[0].write_bytes(data[: len(data) // 2 + 100])
+    counter = SkipCounter()
+    with pytest.warns(UserWarning, match="skipping unreadable shard data"):
+        got = [s["__key__"] for s in iter_samples(train, counter=counter)]
+    assert counter.count >= 1 and 0 < len(got) < full
+    assert len(set(got)) == len(got)
+
+
+def test_pickle_members_are_refused(tmp_path):
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("x/1.pyd", pickle.dumps({"a": 1})), ("x/1.meta.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        obj = io.BytesIO()
+        np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        for name, data in (("y/2.beam.npy", obj.getvalue()), ("y/2.meta.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    counter = SkipCounter()
+    with pytest.warns(UserWarning):
+        assert list(iter_samples(path, counter=counter)) == []
+    assert counter.count == 2
+    assert "not in the sample schema" in counter.messages[0] and "not a plain .npy" in counter.messages[1]
+
+
+def test_cli_skip_bad_reports_and_failure_keeps_old_shards(tmp_path, capsys):
+    builders.deepsense_full(tmp_path / "raw", seqs=4, frames=5)
+    out = tmp_path / "out"
+    argv = ["--source", "deepsense", "--root", str(tmp_path / "raw"), "--out", str(out), "--no-progress",
+            "--split", "sequence"]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in (out / "train").iterdir()}
+    img = sorted((tmp_path / "raw/scenario7/unit1/camera_data").glob("*.jpg"))[0]
+    img.write_bytes(b"not a jpeg")
+    assert main(argv) == 2
+    assert "corrupt or unreadable image" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == before  # nothing lost
+    assert not list(out.glob(".*partial*"))
+    with pytest.warns(UserWarning):
+        assert main(argv + ["--skip-bad"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["bad_input"]["skipped"] == 1 and report["written"] == 19
+    assert img.name in report["bad_input"]["errors"][0]
+
+
+def test_rewrite_is_byte_identical(tmp_path):
+    builders.deepsense_full(tmp_path / "raw", seqs=2, frames=4, with_sensors=False)
+    argv = ["--source", "deepsense", "--root", str(tmp_path / "raw"), "--no-progress", "--split", "random"]
+    main(argv + ["--out", str(tmp_path / "a")])
+    main(argv + ["--out", str(tmp_path / "b")])
+    for p in (tmp_path / "a/train").glob("*.tar"):
+        assert p.read_bytes() == (tmp_path / "b/train" / p.name).read_bytes()
+
+
+SCENARIO5 = Path(__file__).resolve().parents[2] / "shared/data/deepsense/scenario5"
+
+
+@pytest.mark.skipif(not SCENARIO5.is_dir(), reason="../shared/data/deepsense/scenario5 not present")
+def test_real_scenario5_round_trip(tmp_path):
+    cfg = WriteConfig("deepsense", SCENARIO5, tmp_path, split="official", progress=False)
+    report = write_dataset(cfg)
+    assert report["written"] == 2300 and report["bad_input"]["skipped"] == 0
+    assert report["beam_label_mismatches"]["count"] == 0
+    n, pts = 0, []
+    for split in ("train", "val", "test"):
+        for s in iter_samples(tmp_path / split):
+            assert s["meta"]["beam"] == int(np.argmax(s["beam"]))
+            pts.append(s["gps"][:2])
+            n += 1
+    assert n == 2300
+    pts = np.asarray(pts)
+    spread = np.ptp(pts, axis=0)
+    assert 10 < np.hypot(*spread) < 500  # tens of metres around the base station
