@@ -175,3 +175,22 @@ def test_real_scenario5_round_trip(tmp_path):
     pts = np.asarray(pts)
     spread = np.ptp(pts, axis=0)
     assert 10 < np.hypot(*spread) < 500  # tens of metres around the base station
+
+
+def test_ranks_split_the_shards_and_resampled_mode(tmp_path, monkeypatch):
+    _write_mmfi(tmp_path, frames=4)
+    train = tmp_path / "shards/train"
+    total = json.loads((train / "sizes.json").read_text())["samples"]
+    seen = []
+    for rank in (0, 1):  # what webdataset sees under a 2-rank DeepSpeed launch
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = make_loader(train, StreamConfig(batch_size=3, shuffle_buffer=0, image_size=8))
+        seen.append([k for batch in loader for k in batch["key"]])
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    assert len(seen[0]) + len(seen[1]) == total
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    cfg = StreamConfig(batch_size=4, resampled=True, epoch_samples=40, shuffle_buffer=10, image_size=8)
+    batches = list(make_loader(train, cfg))
+    assert len(batches) == 10 and all(len(b["key"]) == 4 for b in batches)
