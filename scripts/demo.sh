@@ -5,11 +5,17 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=runs/demo
 mkdir -p "$OUT"
+echo "[demo] human twin (MM-Fi layout): the cached default dataset, built once"
+HUMANS=$($PY -m twin default humans | tail -n 1)
+$PY -m twin report "$HUMANS" --out "$OUT/twin_humans_report"
+$PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject
+$PY -m shards.summary "$OUT/shards/humans" > "$OUT/shards/humans/summary.json"
+echo "[demo] human shards: $(grep -c '' "$OUT/shards/humans/summary.json") summary lines in $OUT/shards/humans/summary.json"
 SCEN5=../shared/data/deepsense/scenario5
 if [ -d "$SCEN5" ]; then
   echo "[demo] real DeepSense 6G scenario 5 -> WebDataset shards (official train/val/test CSVs)"
   $PY -m shards.write --source deepsense --root "$SCEN5" --out "$OUT/shards/scenario5" --split official
-  $PY -m shards.summary "$OUT/shards/scenario5"
+  $PY -m shards.summary "$OUT/shards/scenario5" > "$OUT/shards/scenario5/summary.json"
 else
   echo "[demo] ../shared/data/deepsense/scenario5 not found: skipping the real-data step"
 fi

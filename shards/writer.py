@@ -64,7 +64,7 @@ def write_split(records: Sequence[Record], out: Path, split: str, shard_size: in
     sink = ShardSink(tmp, shard_size)
     modalities: Counter[str] = Counter()
     try:
-        for record in tqdm(records, desc=f"writing {split}", unit="sample", disable=not progress):
+        for record in tqdm(records, desc=f"writing {split}", unit="sample", disable=None if progress else True):
             try:
                 sample = record.load()
             except DataError as exc:

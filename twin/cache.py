@@ -1,0 +1,36 @@
+"""The built-in default datasets: generated once into the project's cache folder and reused."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from airbind.paths import cache_dir
+
+
+def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:
+    """``cache/twin/<kind>-<hash of cfg>``: built by ``build(tmp_folder, cfg)`` on first use, atomically."""
+    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    final = cache_dir() / "twin" / f"{kind}-{digest}"
+    if (final / "twin_info.json").is_file():
+        return final
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp, cfg)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def default_humans() -> Path:
+    """The default human-scene dataset of the pipeline (4 rooms, 8 subjects, 27 activities, 20 frames)."""
+    from twin.humans import HumanTwinConfig, generate
+    return cached("humans", HumanTwinConfig(envs=4, subjects=8, frames=20), lambda p, c: generate(p, c))
