@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+# Sionna RT (the vehicle twin) runs on the CPU through Dr.Jit's LLVM backend, which needs LLVM >= 17
+# (Debian's libllvm19 works; 14 is refused and 15/16 abort).
+if ! ldconfig -p 2>/dev/null | grep -q "libLLVM.so.19\|libLLVM-19"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing libllvm19 for Sionna RT / Dr.Jit"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libllvm19 >/dev/null
+  else
+    echo "[setup] warning: libllvm19 is missing and cannot be installed here; the vehicle twin will not run" >&2
+  fi
+fi
 STAMP=.venv/.airbind-installed
 WANT=$(cat requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then

@@ -24,7 +24,7 @@ import numpy as np
 
 from shards import fileio
 from shards.errors import DataError
-from shards.geo import latlon_to_en
+from airbind.geo import latlon_to_en
 from shards.radar import RadarConfig, cube_to_points
 from shards.records import BadInput, Record, resolve
 from shards.schema import check_array, make_key

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from shards.geo import en_to_latlon
+from airbind.geo import en_to_latlon
 
 BS_LATLON = (33.420693, -111.929175)
 FULL_HEADER = ["index", "unit1_rgb", "unit1_pwr_60ghz", "unit1_loc", "unit1_lidar", "unit1_lidar_SCR",

@@ -10,7 +10,7 @@ import scipy.io
 from shards import fileio
 from shards.deepsense import DeepSenseReader, find_csvs
 from shards.errors import DataError
-from shards.geo import en_to_latlon, latlon_to_en
+from airbind.geo import en_to_latlon, latlon_to_en
 from shards.mmfi import MMFiReader
 from shards.radar import RadarConfig, cube_to_points
 from shards.records import BadInput

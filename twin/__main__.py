@@ -1,4 +1,4 @@
-"""``python -m twin {humans,report,default}``: write digital-twin datasets in the real on-disk formats."""
+"""``python -m twin {vehicles,humans,report,default}``: write digital-twin datasets in the real on-disk formats."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from airbind.paths import configure_tool_caches
+from airbind.paths import REPO_ROOT, configure_tool_caches
+
+REAL_SCENARIO5 = REPO_ROOT.parent / "shared" / "data" / "deepsense" / "scenario5"
 
 
 def _humans(a: argparse.Namespace) -> int:
@@ -25,6 +27,20 @@ def _humans(a: argparse.Namespace) -> int:
     return 0
 
 
+def _vehicles(a: argparse.Namespace) -> int:
+    from twin.vehicles import SMALL, VehicleTwinConfig, generate
+    kw = dict(scenarios=a.scenarios, samples_per_scenario=a.samples_per_scenario, seed=a.seed,
+              image_size=tuple(a.image_size), rate_hz=a.rate_hz, workers=a.workers)
+    if a.small:
+        kw.update(SMALL)
+    cfg = VehicleTwinConfig(**kw)
+    info = generate(a.out, cfg, progress=not a.no_progress)
+    n = sum(s["samples"] for s in info["scenarios"])
+    print(f"wrote {n} samples in {cfg.scenarios} scenario folders to {a.out} in {info['seconds']:.1f} s "
+          f"({info['seconds_per_sample']:.2f} s per sample)")
+    return 0
+
+
 def _report(a: argparse.Namespace) -> int:
     info_path = a.dir / "twin_info.json"
     kind = json.loads(info_path.read_text())["kind"] if info_path.is_file() else "humans"
@@ -38,11 +54,21 @@ def _report(a: argparse.Namespace) -> int:
                 f"cross-subject): accuracy {result['accuracy']:.3f} vs chance {result['chance']:.3f} "
                 f"({result['train_frames']} train / {result['test_frames']} test frames)\n")
         (out / "humans.json").write_text(json.dumps(result, indent=1))
+    elif kind == "vehicles":
+        from twin.vehicle_report import report
+        result = report(a.dir, out, a.real)
+        text = result["text"]
     else:
         print(f"error: unknown twin kind {kind!r} in {info_path}", file=sys.stderr)
         return 2
     (out / "report.txt").write_text(text)
     print(text + f"figure and numbers in {out}")
+    return 0
+
+
+def _default(a: argparse.Namespace) -> int:
+    from twin import cache
+    print(cache.default_humans() if a.kind == "humans" else cache.default_vehicles())
     return 0
 
 
@@ -63,13 +89,27 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--small", action="store_true", help="tiny preset for tests (2 rooms, 4 subjects, 8 frames)")
     h.add_argument("--no-progress", action="store_true")
     h.set_defaults(func=_humans)
+    v = sub.add_parser("vehicles", help="ray-traced street scenes in the DeepSense 6G layout",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--scenarios", type=int, default=4)
+    v.add_argument("--samples-per-scenario", type=int, default=200)
+    v.add_argument("--rate-hz", type=float, default=10.0, help="sampling rate of a pass")
+    v.add_argument("--image-size", type=int, nargs=2, default=(128, 72), metavar=("W", "H"))
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--workers", type=int, default=1, help="processes, one scenario each (Dr.Jit already uses all cores)")
+    v.add_argument("--small", action="store_true", help="tiny preset for tests (1 scenario, 16 samples)")
+    v.add_argument("--no-progress", action="store_true")
+    v.set_defaults(func=_vehicles)
     r = sub.add_parser("report", help="figure + numbers for a twin folder")
     r.add_argument("dir", type=Path)
     r.add_argument("--out", type=Path, default=None, help="default: DIR/report")
+    r.add_argument("--real", type=Path, default=REAL_SCENARIO5,
+                   help="real DeepSense scenario folder to compare a vehicle twin with (skipped if absent)")
     r.set_defaults(func=_report)
     d = sub.add_parser("default", help="print (building once if needed) the cached default dataset folder")
-    d.add_argument("kind", choices=["humans"])
-    d.set_defaults(func=lambda a: print(__import__("twin.cache", fromlist=["x"]).default_humans()) or 0)
+    d.add_argument("kind", choices=["humans", "vehicles"])
+    d.set_defaults(func=_default)
     a = p.parse_args(argv)
     return a.func(a)
 

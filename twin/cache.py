@@ -34,3 +34,9 @@ def default_humans() -> Path:
     """The default human-scene dataset of the pipeline (4 rooms, 8 subjects, 27 activities, 20 frames)."""
     from twin.humans import HumanTwinConfig, generate
     return cached("humans", HumanTwinConfig(envs=4, subjects=8, frames=20), lambda p, c: generate(p, c))
+
+
+def default_vehicles() -> Path:
+    """The default vehicle-scene dataset of the pipeline (4 scenarios x 80 ray-traced samples)."""
+    from twin.vehicles import VehicleTwinConfig, generate
+    return cached("vehicles", VehicleTwinConfig(scenarios=4, samples_per_scenario=80), lambda p, c: generate(p, c))

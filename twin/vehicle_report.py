@@ -1,0 +1,126 @@
+"""Vehicle twin next to the real DeepSense scenario 5: best beam vs bearing, power dynamic range,
+blockage power drop and blockage rate (text + PNG)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airbind.geo import latlon_to_en
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def twin_stats(root: Path) -> dict[str, Any]:
+    """Per-sample arrays of a twin folder: LoS angle, best beam, max/median ratio, blockage and drop."""
+    out: dict[str, list] = {k: [] for k in ("angle", "beam", "ratio_db", "blocked", "drop_db", "scenario")}
+    for truth_path in sorted(root.glob("scenario*/twin_truth.csv")):
+        base = truth_path.parent
+        index = {r["index"]: r for r in _rows(base / f"{base.name}.csv")}
+        for t in _rows(truth_path):
+            power = np.loadtxt(base / index[t["index"]]["unit1_pwr_60ghz"])
+            out["angle"].append(float(t["los_angle_deg"]))
+            out["beam"].append(int(np.argmax(power)))
+            out["ratio_db"].append(10 * np.log10(power.max() / np.median(power)))
+            out["blocked"].append(int(t["blocked"]))
+            out["drop_db"].append(float(t["unblocked_signal_db"]) - float(t["signal_db"]))
+            out["scenario"].append(base.name)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def real_stats(folder: Path) -> dict[str, np.ndarray] | None:
+    """Bearing (deg from north, seen from unit1), best beam and max/median ratio of a real scenario folder."""
+    csvs = sorted(folder.glob("*.csv"))
+    bs_file = folder / "unit1" / "GPS_data" / "gps_location.txt"
+    if not csvs or not bs_file.is_file():
+        return None
+    lat0, lon0 = np.loadtxt(bs_file)[:2]
+    bearing, beam, ratio = [], [], []
+    for c in csvs:
+        for r in _rows(c):
+            pwr_col = next(k for k in r if k.startswith("unit1_pwr"))
+            loc_col = next(k for k in r if k.startswith("unit2_loc"))
+            p = np.loadtxt(folder / r[pwr_col])
+            lat, lon = np.loadtxt(folder / r[loc_col])[:2]
+            e, n = latlon_to_en(np.array(lat), np.array(lon), lat0, lon0)
+            bearing.append(float(np.degrees(np.arctan2(e, n))))
+            beam.append(int(np.argmax(p)))
+            ratio.append(10 * np.log10(p.max() / np.median(p)))
+    return {"bearing": np.asarray(bearing), "beam": np.asarray(beam), "ratio_db": np.asarray(ratio)}
+
+
+def _pct(x: np.ndarray) -> str:
+    return "p10 {:.1f} / p50 {:.1f} / p90 {:.1f} dB".format(*np.percentile(x, [10, 50, 90]))
+
+
+def report(root: Path, out: Path, real: Path | None) -> dict[str, Any]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tw = twin_stats(root)
+    rl = real_stats(real) if real is not None and real.is_dir() else None
+    inside = np.abs(tw["angle"]) <= 42.0
+    unb = tw["blocked"] == 0
+    corr = float(np.corrcoef(tw["angle"][inside & unb], tw["beam"][inside & unb])[0, 1]) if (inside & unb).sum() > 2 else float("nan")
+    blocked = tw["blocked"] == 1
+    result: dict[str, Any] = {
+        "twin_samples": int(len(tw["beam"])),
+        "twin_ratio_db": np.percentile(tw["ratio_db"], [10, 50, 90]).round(2).tolist(),
+        "twin_blockage_rate": float(blocked.mean()),
+        "twin_blockage_rate_per_scenario": {s: float(tw["blocked"][tw["scenario"] == s].mean()) for s in np.unique(tw["scenario"])},
+        "twin_blocked_drop_db": np.percentile(tw["drop_db"][blocked], [0, 10, 50]).round(2).tolist() if blocked.any() else None,
+        "twin_beam_vs_angle_corr": corr,
+    }
+    lines = [f"vehicle twin {root}: {result['twin_samples']} samples",
+             f"best beam vs LoS angle (unblocked, inside the +-42 deg codebook): correlation {corr:.3f}",
+             f"max/median beam power: twin {_pct(tw['ratio_db'])}",
+             f"blockage rate: twin {result['twin_blockage_rate']:.3f}"]
+    if blocked.any():
+        lines.append("signal drop of blocked samples vs the same position without traffic: min {:.1f}, p10 {:.1f}, "
+                     "median {:.1f} dB".format(*result["twin_blocked_drop_db"]))
+    if rl is not None:
+        result["real_samples"] = int(len(rl["beam"]))
+        result["real_ratio_db"] = np.percentile(rl["ratio_db"], [10, 50, 90]).round(2).tolist()
+        lines.append(f"max/median beam power: real scenario 5 {_pct(rl['ratio_db'])} ({len(rl['beam'])} samples)")
+    fig, axes = plt.subplots(1, 4 if rl is not None else 3, figsize=(18, 4.2))
+    ax = axes[0]
+    ax.scatter(tw["angle"][unb], tw["beam"][unb], s=6, label="LoS")
+    ax.scatter(tw["angle"][blocked], tw["beam"][blocked], s=10, c="tab:red", label="LoS blocked")
+    ax.set_xlabel("LoS angle from BS boresight (deg)")
+    ax.set_ylabel("best beam (0-based)")
+    ax.set_title("twin: best beam vs vehicle bearing")
+    ax.legend(fontsize=8)
+    k = 1
+    if rl is not None:
+        axes[k].scatter(rl["bearing"], rl["beam"], s=4, c="tab:green")
+        axes[k].set_xlabel("bearing of unit2 from unit1 (deg from north)")
+        axes[k].set_title("real scenario 5: best beam vs bearing")
+        k += 1
+    ax = axes[k]
+    bins = np.linspace(0, max(25, float(tw["ratio_db"].max()) + 1), 40)
+    ax.hist(tw["ratio_db"], bins=bins, alpha=0.6, density=True, label="twin")
+    if rl is not None:
+        ax.hist(rl["ratio_db"], bins=bins, alpha=0.6, density=True, label="real scenario 5")
+    ax.set_xlabel("max / median beam power (dB)")
+    ax.set_title("received-power dynamic range")
+    ax.legend(fontsize=8)
+    ax = axes[k + 1]
+    if blocked.any():
+        ax.hist(np.clip(tw["drop_db"][blocked], 0, 80), bins=30, color="tab:red")
+    ax.axvline(15, color="k", ls="--", lw=1)
+    ax.set_xlabel("best-beam signal drop when blocked (dB)")
+    ax.set_title(f"blockage: rate {result['twin_blockage_rate']:.2f}")
+    fig.tight_layout()
+    fig.savefig(out / "vehicles.png", dpi=90)
+    plt.close(fig)
+    text = "\n".join(lines) + "\n"
+    result["text"] = text
+    (out / "vehicles.json").write_text(json.dumps({k: v for k, v in result.items() if k != "text"}, indent=1))
+    return result
