@@ -12,9 +12,14 @@ from typing import Any, Callable
 from airbind.paths import cache_dir
 
 
+# Bump when the simulation changes in a way the configuration does not show, so caches are rebuilt.
+TWIN_VERSION = 1
+
+
 def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:
-    """``cache/twin/<kind>-<hash of cfg>``: built by ``build(tmp_folder, cfg)`` on first use, atomically."""
-    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """``cache/twin/<kind>-<hash of cfg and TWIN_VERSION>``: built by ``build(tmp, cfg)`` once, atomically."""
+    key = json.dumps({"version": TWIN_VERSION, "cfg": asdict(cfg)}, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     final = cache_dir() / "twin" / f"{kind}-{digest}"
     if (final / "twin_info.json").is_file():
         return final

@@ -45,7 +45,7 @@ class VehicleTwinConfig:
     rate_hz: float = 10.0
     seed: int = 0
     image_size: tuple[int, int] = (128, 72)
-    image_spp: int = 8
+    image_spp: int = 32
     lidar_channels: int = 16
     lidar_azimuths: int = 256
     max_depth: int = 2
@@ -209,16 +209,45 @@ class StreetSim:
         sin_az = pts[:, 0] / np.maximum(np.linalg.norm(pts[:, :3], axis=1), 1e-6)
         return radar_cube(r, sin_az, v_r, amp, self.cfg.radar, rng)
 
-    def camera(self) -> np.ndarray:
-        """RGB frame from the BS viewpoint (path-traced, devices hidden)."""
-        mi, rt = self.mi, self.rt
-        f = np.r_[np.asarray(self.sc.facing, float), 0.0]
-        cam = rt.Camera(position=self._p(self.bs + [0, 0, 0.2]), look_at=self._p(self.bs + 20 * f - [0, 0, 1.5]))
-        bmp = self.scene.render(camera=cam, resolution=tuple(self.cfg.image_size), num_samples=self.cfg.image_spp,
-                                return_bitmap=True, show_devices=False, fov=90)
-        img = bmp.convert(mi.Bitmap.PixelFormat.RGB, mi.Struct.Type.UInt8, srgb_gamma=True)
-        # a 3x3 median filter takes out most of the path tracer's noise at few samples per pixel
-        return np.array(Image.fromarray(np.array(img)).filter(ImageFilter.MedianFilter(3)))
+    def snapshot(self) -> list[np.ndarray]:
+        """Vertex positions of every vehicle now (for :meth:`render_frames`)."""
+        return [np.array(car.mi_mesh.vertex_positions_buffer()) for car in self.cars]
+
+    def render_frames(self, snapshots: list[list[np.ndarray]], seeds: list[int]) -> list[np.ndarray]:
+        """RGB frames from the BS viewpoint for recorded vehicle snapshots, path-traced with Mitsuba.
+
+        The visual scene is built once from the radio scene (Sionna's own conversion); each frame only copies
+        the vehicles' vertices. Switching Mitsuba to its RGB variant reloads modules (~0.5 s), so all frames
+        of a pass are rendered inside one switch. Returns H x W x 3 uint8 arrays; devices are not drawn.
+        """
+        mi, frames = self.mi, []
+        with mi.util.scoped_set_variant("llvm_ad_rgb"):
+            if getattr(self, "_visual", None) is None:
+                from sionna.rt.renderer import visual_scene_from_wireless_scene
+                from sionna.rt.utils.render import make_render_sensor
+                f = np.r_[np.asarray(self.sc.facing, float), 0.0]
+                cam = self.rt.Camera(position=self._p(self.bs + [0, 0, 0.2]),
+                                     look_at=self._p(self.bs + 20 * f - [0, 0, 1.5]))
+                sensor = make_render_sensor(self.scene, camera=cam, resolution=tuple(self.cfg.image_size), fov=90)
+                self._visual = mi.load_dict(visual_scene_from_wireless_scene(self.scene, sensor=sensor, max_depth=8))
+                self._params = mi.traverse(self._visual)
+                keys = list(self._params.keys())
+                self._vertex_keys = [next(k for k in keys if k.endswith(f"-{car.name}.vertex_positions"))
+                                     for car in self.cars]
+            for snap, seed in zip(snapshots, seeds):
+                for key, vertices in zip(self._vertex_keys, snap):
+                    self._params[key] = mi.Float(vertices)
+                self._params.update()
+                linear = np.clip(np.array(mi.render(self._visual, spp=self.cfg.image_spp, seed=seed))[..., :3], 0, 1)
+                srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+                img = Image.fromarray((srgb * 255 + 0.5).astype(np.uint8))
+                # a 3x3 median filter takes out most of the path tracer's noise at few samples per pixel
+                frames.append(np.array(img.filter(ImageFilter.MedianFilter(3))))
+        return frames
+
+    def camera(self, seed: int = 0) -> np.ndarray:
+        """One RGB frame of the current state (see :meth:`render_frames`)."""
+        return self.render_frames([self.snapshot()], [seed])[0]
 
 
 def _ply(points: np.ndarray) -> bytes:
@@ -249,6 +278,7 @@ def write_scenario(out: Path, k: int, cfg: VehicleTwinConfig, progress: bool = T
     _write_lines(base / "unit1/GPS_data/gps_location.txt", sc.bs_latlon)
     dt = 1.0 / cfg.rate_hz
     rows, truth, blocked_flags, seq, t_clock = [], [], [], 0, 0.0
+    pending: list = []  # (vehicle snapshot, seed, image path) of the pass being simulated
     bar = tqdm(total=cfg.samples_per_scenario, desc=name, unit="sample", disable=None if progress else True)
     start_s = 12 * 3600 + 3600 * rng.uniform(0, 6)
     while len(rows) < cfg.samples_per_scenario:
@@ -268,7 +298,7 @@ def write_scenario(out: Path, k: int, cfg: VehicleTwinConfig, progress: bool = T
             clock = start_s + t_clock
             hh, mm, ss, ms = int(clock // 3600), int(clock % 3600 // 60), int(clock % 60), int(clock % 1 * 1000)
             img_name = f"unit1/camera_data/image_BS1_{n}_{hh:02d}_{mm:02d}_{ss:02d}.jpg"
-            Image.fromarray(sim.camera()).save(base / img_name, format="JPEG", quality=90)
+            pending.append((sim.snapshot(), n, base / img_name))
             (base / f"unit1/lidar_data/lidar_{n}.ply").write_bytes(_ply(sim.lidar(rng)))
             np.save(base / f"unit1/radar_data/data_{n}_{hh:02d}_{mm:02d}_{ss:02d}.npy", sim.radar(rng), allow_pickle=False)
             _write_lines(base / f"unit1/mmWave_data/mmWave_power_{n}.txt", power)
@@ -290,6 +320,11 @@ def write_scenario(out: Path, k: int, cfg: VehicleTwinConfig, progress: bool = T
             s += speed * dt
             t_clock += dt
             bar.update(1)
+        # camera frames of this pass, rendered in one go (see StreetSim.render_frames)
+        frames = sim.render_frames([p[0] for p in pending], [p[1] for p in pending])
+        for (_, _, path), img in zip(pending, frames):
+            Image.fromarray(img).save(path, format="JPEG", quality=90)
+        pending.clear()
         t_clock += float(rng.uniform(2.0, 6.0))  # gap between passes: the traffic keeps moving
     bar.close()
     with (base / f"{name}.csv").open("w", newline="") as fh:
