@@ -29,8 +29,8 @@ def assign_splits(
     """Split ``records`` into train/val/test so that no group of ``mode`` lands in two splits.
 
     Groups are shuffled with ``seed`` and each goes to the split furthest below its target share of
-    samples. ``held_out`` (e.g. ``{"test": ["E04"]}``) pins groups, named by their last path part or whole
-    name, to a split first. ``mode="official"`` uses the dataset's own train/val/test files.
+    samples. ``held_out`` (e.g. ``{"test": ["E04"]}`` or ``{"test": ["scenario4"]}``) first pins every group
+    whose name, or one part of its ``/``-separated name, matches. ``mode="official"`` uses the dataset's own train/val/test files.
     """
     if mode == "official":
         out: dict[str, list[Record]] = {name: [] for name in SPLIT_NAMES}
@@ -54,7 +54,7 @@ def assign_splits(
             pinned[name] = split
     free = []
     for name in sorted(groups):
-        split = pinned.get(name) or pinned.get(name.rsplit("/", 1)[-1])
+        split = pinned.get(name) or next((pinned[p] for p in name.split("/") if p in pinned), None)
         if split:
             out[split].extend(groups[name])
         else:

@@ -25,6 +25,9 @@ from shards.errors import DataError
 from shards.schema import META_KEY, MODALITY_KEYS, NUM_KEYPOINTS, decode_npy
 
 POINT_WIDTH = {"radar": 5, "lidar": 4}
+# shapes used to zero-fill a modality that no sample of a batch has (see StreamConfig.always)
+FILL_SHAPES = {"radar": (1, 5), "lidar": (1, 4), "gps": (4,), "beam": (64,), "past_beam": (8, 64),
+               "wifi": (3, 114, 10)}
 
 
 @dataclass
@@ -40,6 +43,8 @@ class StreamConfig:
     num_workers: int = 0
     seed: int = 0
     drop_last: bool = False
+    split_nodes: bool = True      # False: this process reads every shard (e.g. rank-0 validation)
+    always: tuple[str, ...] = ()  # modalities every batch carries (zeros, present=False, when no sample has them)
 
 
 class SkipCounter:
@@ -115,7 +120,8 @@ def _subsample(points: np.ndarray, limit: int, key: str) -> np.ndarray:
     return points[np.sort(rng.choice(len(points), limit, replace=False))]
 
 
-def collate(samples: Sequence[dict[str, Any]], max_points: int = 512) -> dict[str, Any]:
+def collate(samples: Sequence[dict[str, Any]], max_points: int = 512, always: Sequence[str] = (),
+            image_size: int = 64) -> dict[str, Any]:
     """Decoded samples → a batch of tensors.
 
     Each modality ``m`` gives ``batch[m]`` (zeros where absent) and ``batch["present"][m]`` (B bool);
@@ -130,6 +136,11 @@ def collate(samples: Sequence[dict[str, Any]], max_points: int = 512) -> dict[st
         have = [mod in s for s in samples]
         batch["present"][mod] = torch.tensor(have, dtype=torch.bool)
         if not any(have):
+            if mod in always:
+                shape = (3, image_size, image_size) if mod == "image" else FILL_SHAPES[mod]
+                batch[mod] = torch.zeros(b, *shape, dtype=torch.uint8 if mod == "image" else torch.float32)
+                if mod in POINT_WIDTH:
+                    batch[mod + "_mask"] = torch.zeros(b, shape[0], dtype=torch.bool)
             continue
         if mod in POINT_WIDTH:
             width = POINT_WIDTH[mod]
@@ -168,20 +179,44 @@ def collate(samples: Sequence[dict[str, Any]], max_points: int = 512) -> dict[st
     return batch
 
 
-def make_dataset(urls: Sequence[str], cfg: StreamConfig, counter: SkipCounter | None = None) -> wds.DataPipeline:
-    """The streaming pipeline: shards → (rank, worker split) → samples → decode → shuffle → batches."""
+class _Mix(torch.utils.data.IterableDataset):
+    """Interleave endless sample streams with fixed probabilities, seeded per rank and worker."""
+
+    def __init__(self, streams: list, probs: list[float], seed: int):
+        super().__init__()
+        self.streams, self.probs, self.seed = streams, probs, seed
+
+    def __iter__(self):
+        import random
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(self.seed * 7919 + rank * 1000 + worker)
+        its = [iter(s) for s in self.streams]
+        idx = list(range(len(its)))
+        while True:
+            yield next(its[rng.choices(idx, self.probs)[0]])
+
+
+def make_dataset(groups: Sequence[Sequence[str]], cfg: StreamConfig, counter: SkipCounter | None = None) -> wds.DataPipeline:
+    """The streaming pipeline: shards → (rank, worker split) → samples → decode → shuffle → batches.
+
+    ``groups`` are lists of shard URLs (one per dataset). In resampled (training) mode each group is drawn
+    endlessly and the groups are interleaved with equal probability, so that a small dataset (e.g. vehicle
+    scenes beside many human frames) is seen as often as a large one; otherwise all shards are read once.
+    """
     handler = counter or SkipCounter()
+    decode = wds.map(lambda raw: decode_sample(raw, cfg.image_size), handler=handler)
     if cfg.resampled:
-        stages: list[Any] = [wds.ResampledShards(list(urls), seed=cfg.seed, deterministic=True)]
+        streams = [wds.DataPipeline(wds.ResampledShards(list(urls), seed=cfg.seed, deterministic=True),
+                                    wds.tarfile_to_samples(handler=handler), decode) for urls in groups]
+        stages: list[Any] = [streams[0] if len(streams) == 1 else _Mix(streams, [1.0] * len(streams), cfg.seed)]
     else:
-        stages = [wds.SimpleShardList(list(urls)), wds.split_by_node, wds.split_by_worker]
-    stages += [
-        wds.tarfile_to_samples(handler=handler),
-        wds.map(lambda raw: decode_sample(raw, cfg.image_size), handler=handler),
-    ]
+        urls = [u for g in groups for u in g]
+        stages = [wds.SimpleShardList(urls)] + ([wds.split_by_node] if cfg.split_nodes else []) + \
+            [wds.split_by_worker, wds.tarfile_to_samples(handler=handler), decode]
     if cfg.shuffle_buffer > 0:
         stages.append(wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), seed=cfg.seed))
-    stages.append(wds.batched(cfg.batch_size, collation_fn=lambda s: collate(s, cfg.max_points),
+    stages.append(wds.batched(cfg.batch_size, collation_fn=lambda s: collate(s, cfg.max_points, cfg.always,
+                                                                             cfg.image_size),
                               partial=not cfg.drop_last))
     pipeline = wds.DataPipeline(*stages)
     if cfg.resampled and cfg.epoch_samples:
@@ -191,9 +226,10 @@ def make_dataset(urls: Sequence[str], cfg: StreamConfig, counter: SkipCounter | 
 
 def make_loader(spec: str | Path | Sequence[str | Path], cfg: StreamConfig,
                 counter: SkipCounter | None = None) -> DataLoader:
-    """A DataLoader over shard folders/files; batching happens inside the workers."""
-    urls = shard_urls(spec)
-    dataset = make_dataset(urls, cfg, counter)
+    """A DataLoader over shard folders/files (each folder or file one dataset); batching happens in the
+    workers."""
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    dataset = make_dataset([shard_urls(s) for s in specs], cfg, counter)
     return DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
                       persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
 

@@ -194,3 +194,10 @@ def test_ranks_split_the_shards_and_resampled_mode(tmp_path, monkeypatch):
     cfg = StreamConfig(batch_size=4, resampled=True, epoch_samples=40, shuffle_buffer=10, image_size=8)
     batches = list(make_loader(train, cfg))
     assert len(batches) == 10 and all(len(b["key"]) == 4 for b in batches)
+
+
+def test_pinning_by_a_part_of_the_group_name(tmp_path):
+    builders.deepsense_full(tmp_path, seqs=6, frames=3, with_sensors=False)
+    records = DeepSenseReader().index(tmp_path)
+    held = assign_splits(records, "sequence", (0.8, 0.2, 0.0), held_out={"test": ["scenario7"]})
+    assert len(held["test"]) == len(records) and not held["train"]

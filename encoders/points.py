@@ -1,0 +1,126 @@
+"""Point Transformer encoder for radar and LiDAR clouds (Zhao et al., ICCV 2021).
+
+Vector self-attention over k-nearest-neighbour groups (Eq. 3 of the paper: y_i = sum_j softmax(gamma(
+phi(x_i) - psi(x_j) + delta_ij)) * (alpha(x_j) + delta_ij), delta_ij = theta(p_i - p_j)), with transition-down
+stages (farthest point sampling + kNN max pooling). Padding and empty clouds are handled with masks: padded
+points are never neighbours, samples with no point give zero tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoders.base import EncoderConfig, EncoderOutput, register, zero_absent
+
+
+def knn(query: torch.Tensor, ref: torch.Tensor, ref_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (B, M, k) of the k nearest valid reference points, and which of them are valid."""
+    d = torch.cdist(query, ref)
+    d = d.masked_fill(~ref_mask[:, None, :], float("inf"))
+    k = min(k, ref.shape[1])
+    dist, idx = d.topk(k, dim=-1, largest=False)
+    return idx, torch.isfinite(dist)
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C), idx (B, M, k) → (B, M, k, C)."""
+    b, m, k = idx.shape
+    flat = idx.reshape(b, m * k, 1).expand(-1, -1, x.shape[-1])
+    return x.gather(1, flat).reshape(b, m, k, x.shape[-1])
+
+
+def farthest_point_sampling(p: torch.Tensor, mask: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (B, m) of farthest-point samples among valid points; the mask marks real picks
+    (a cloud with n < m valid points has n real picks)."""
+    b, n, _ = p.shape
+    idx = torch.zeros(b, m, dtype=torch.long, device=p.device)
+    best = torch.full((b, n), float("inf"), device=p.device).masked_fill(~mask, -1.0)
+    current = mask.float().argmax(dim=1)  # first valid point (0 if none)
+    for j in range(m):
+        idx[:, j] = current
+        d = (p - p[torch.arange(b), current][:, None]).pow(2).sum(-1)
+        best = torch.minimum(best, d).masked_fill(~mask, -1.0)
+        current = best.argmax(dim=1)
+    picked = torch.arange(m, device=p.device)[None] < mask.sum(1, keepdim=True)
+    return idx, picked
+
+
+class PointTransformerLayer(nn.Module):
+    """Vector attention; as in the reference implementation, one attention weight is shared by a group of
+    ``share`` channels (gamma outputs dim / share weights), which keeps the neighbourhood MLPs cheap."""
+
+    def __init__(self, dim: int, k: int, share: int = 4):
+        super().__init__()
+        self.k, self.share = k, share
+        self.phi, self.psi, self.alpha = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.theta = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, dim))
+        self.gamma = nn.Sequential(nn.Linear(dim, dim // share), nn.ReLU(), nn.Linear(dim // share, dim // share))
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        idx, valid = knn(p, p, mask, self.k)
+        delta = self.theta(p[:, :, None] - gather(p, idx))
+        logits = self.gamma(self.phi(x)[:, :, None] - gather(self.psi(x), idx) + delta)
+        logits = logits.masked_fill(~valid[..., None], float("-inf"))
+        w = torch.softmax(logits, dim=2).nan_to_num(0.0)  # rows with no valid neighbour → 0
+        values = gather(self.alpha(x), idx) + delta  # (B, N, k, dim)
+        b, n, k, dim = values.shape
+        y = (w[..., None] * values.view(b, n, k, dim // self.share, self.share)).sum(2).reshape(b, n, dim)
+        return (x + self.out(y)) * mask[..., None]
+
+
+class TransitionDown(nn.Module):
+    def __init__(self, d_in: int, d_out: int, k: int):
+        super().__init__()
+        self.k = k
+        self.mlp = nn.Sequential(nn.Linear(d_in + 3, d_out), nn.LayerNorm(d_out), nn.ReLU())
+
+    def forward(self, x, p, mask, m: int):
+        idx, picked = farthest_point_sampling(p, mask, m)
+        centres = p.gather(1, idx[..., None].expand(-1, -1, 3))
+        nb, valid = knn(centres, p, mask, self.k)
+        feats = self.mlp(torch.cat([gather(x, nb), gather(p, nb) - centres[:, :, None]], -1))
+        feats = feats.masked_fill(~valid[..., None], float("-inf")).amax(2)
+        feats = torch.where(picked[..., None], feats, torch.zeros_like(feats))
+        return feats, centres, picked
+
+
+@register("radar", "lidar")
+class PointTransformerEncoder(nn.Module):
+    """options: ``in_channels`` (5 radar, 4 LiDAR), ``coord_scale`` (m), ``feature_scale`` (per extra
+    channel), ``k`` (neighbours), ``mid_points`` (after the first down-sampling)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.modality = cfg.modality
+        o = cfg.options
+        self.in_channels = o.get("in_channels", 5 if cfg.modality == "radar" else 4)
+        self.coord_scale = float(o.get("coord_scale", 10.0))
+        default_feat = [5.0, 50.0] if cfg.modality == "radar" else [1.0]
+        self.register_buffer("feature_scale", torch.tensor(o.get("feature_scale", default_feat), dtype=torch.float32))
+        k, d = int(o.get("k", 8)), cfg.d
+        self.mid_points, self.n_tokens = int(o.get("mid_points", 64)), cfg.n_tokens
+        self.embed = nn.Sequential(nn.Linear(self.in_channels, d // 2), nn.ReLU(), nn.Linear(d // 2, d // 2))
+        self.block1 = PointTransformerLayer(d // 2, k)
+        self.down1 = TransitionDown(d // 2, d, k)
+        self.block2 = PointTransformerLayer(d, k)
+        self.down2 = TransitionDown(d, d, k)
+        self.block3 = PointTransformerLayer(d, min(k, cfg.n_tokens))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, batch: dict) -> EncoderOutput:
+        pts, mask = batch[self.modality].float(), batch[self.modality + "_mask"]
+        p = pts[..., :3] / self.coord_scale
+        extra = pts[..., 3:self.in_channels] / self.feature_scale[: self.in_channels - 3]
+        x = self.embed(torch.cat([p, extra], -1)) * mask[..., None]
+        x = self.block1(x, p, mask)
+        x, p, mask = self.down1(x, p, mask, self.mid_points)
+        x = self.block2(x, p, mask)
+        x, p, mask = self.down2(x, p, mask, self.n_tokens)
+        tokens = self.norm(self.block3(x, p, mask)) * mask[..., None]
+        count = mask.sum(1, keepdim=True).clamp(min=1)
+        pooled = tokens.sum(1) / count
+        present = batch["present"].get(self.modality)
+        has_points = mask.any(1)
+        present = has_points if present is None else present & has_points
+        return zero_absent(EncoderOutput(tokens, pooled), present)

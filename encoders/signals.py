@@ -1,0 +1,127 @@
+"""Encoders of low-dimensional signals: GPS (Fourier-feature MLP), the 64-beam power vector (the wireless
+anchor of vehicle scenes), a sequence of past beam powers, and WiFi CSI amplitude (anchor of human scenes)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoders.base import EncoderConfig, EncoderOutput, register, zero_absent
+
+
+def power_db(p: torch.Tensor) -> torch.Tensor:
+    """Linear beam power → dB relative to the vector's maximum, scaled to about [-1, 0], plus the level."""
+    db = 10.0 * torch.log10(p.clamp(min=1e-12))
+    top = db.amax(-1, keepdim=True)
+    return torch.cat([(db - top) / 20.0, (top / 20.0).expand_as(db)], -1)
+
+
+class _Tokens(nn.Module):
+    """pooled (B, d) → n_f tokens (B, n_f, d)."""
+
+    def __init__(self, d: int, n: int):
+        super().__init__()
+        self.n, self.lin, self.norm = n, nn.Linear(d, n * d), nn.LayerNorm(d)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.lin(h).view(h.shape[0], self.n, -1))
+
+
+@register("gps")
+class GPSEncoder(nn.Module):
+    """(east, north) metres → Fourier features at ``n_freq`` octaves of 1/``scale`` → MLP."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.scale = float(cfg.options.get("scale", 50.0))
+        n_freq = int(cfg.options.get("n_freq", 6))
+        self.register_buffer("freqs", (2.0 ** torch.arange(n_freq)) * torch.pi)
+        d_in = 2 + 4 * n_freq
+        self.mlp = nn.Sequential(nn.Linear(d_in, cfg.d), nn.GELU(), nn.Linear(cfg.d, cfg.d), nn.GELU(),
+                                 nn.Linear(cfg.d, cfg.d))
+        self.tokens = _Tokens(cfg.d, cfg.n_tokens)
+
+    def forward(self, batch: dict) -> EncoderOutput:
+        x = batch["gps"][:, :2].float() / self.scale
+        ang = x[..., None] * self.freqs
+        h = self.mlp(torch.cat([x, ang.sin().flatten(1), ang.cos().flatten(1)], -1))
+        return zero_absent(EncoderOutput(self.tokens(h), h), batch["present"].get("gps"))
+
+
+class _BeamSequence(nn.Module):
+    """A transformer over the beams of one power vector (each beam a token with its index embedding)."""
+
+    def __init__(self, n_beams: int, d: int, n_tokens: int, layers: int = 2):
+        super().__init__()
+        self.inp = nn.Linear(2, d)
+        self.pos = nn.Parameter(torch.randn(n_beams, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=2 * d, batch_first=True, norm_first=True,
+                                           dropout=0.0)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.pool = nn.AdaptiveAvgPool1d(n_tokens)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        f = power_db(p)
+        n = p.shape[-1]
+        x = self.inp(torch.stack([f[..., :n], f[..., n:]], -1)) + self.pos
+        return self.norm(self.enc(x))
+
+
+@register("beam")
+class BeamEncoder(nn.Module):
+    """The 64-beam received-power vector (dB, normalised to its maximum)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.seq = _BeamSequence(int(cfg.options.get("n_beams", 64)), cfg.d, cfg.n_tokens)
+
+    def forward(self, batch: dict) -> EncoderOutput:
+        h = self.seq(batch["beam"].float())
+        tokens = self.seq.pool(h.transpose(1, 2)).transpose(1, 2)
+        return zero_absent(EncoderOutput(tokens, h.mean(1)), batch["present"].get("beam"))
+
+
+@register("past_beam")
+class PastBeamEncoder(nn.Module):
+    """T past power vectors: each step → an MLP embedding, then a transformer over time; tokens are time
+    steps pooled to n_f."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        n_beams, d = int(cfg.options.get("n_beams", 64)), cfg.d
+        self.step = nn.Sequential(nn.Linear(2 * n_beams, d), nn.GELU(), nn.Linear(d, d))
+        self.time = nn.Parameter(torch.randn(int(cfg.options.get("max_steps", 32)), d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=2 * d, batch_first=True, norm_first=True,
+                                           dropout=0.0)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.pool = nn.AdaptiveAvgPool1d(cfg.n_tokens)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, batch: dict) -> EncoderOutput:
+        p = batch["past_beam"].float()
+        t = p.shape[1]
+        h = self.norm(self.enc(self.step(power_db(p)) + self.time[:t]))
+        tokens = self.pool(h.transpose(1, 2)).transpose(1, 2)
+        return zero_absent(EncoderOutput(tokens, h[:, -1]), batch["present"].get("past_beam"))
+
+
+@register("wifi")
+class WiFiEncoder(nn.Module):
+    """CSI amplitude (3 antennas x 114 subcarriers x 10 packets): log-amplitude, a small CNN over
+    (subcarrier, packet) with antennas as channels; tokens are groups of subcarriers."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        c = cfg.d // 4
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c, (7, 3), stride=(2, 1), padding=(3, 1)), nn.GroupNorm(4, c), nn.GELU(),
+            nn.Conv2d(c, cfg.d // 2, (5, 3), stride=(2, 1), padding=(2, 1)), nn.GroupNorm(8, cfg.d // 2), nn.GELU(),
+            nn.Conv2d(cfg.d // 2, cfg.d, (3, 3), padding=1), nn.GELU())
+        self.pool = nn.AdaptiveAvgPool2d((cfg.n_tokens, 1))
+        self.norm = nn.LayerNorm(cfg.d)
+
+    def forward(self, batch: dict) -> EncoderOutput:
+        x = torch.log1p(batch["wifi"].float().clamp(min=0))
+        h = self.net(x - x.mean(dim=(1, 2, 3), keepdim=True))  # log-amplitude centred per frame (AGC-free)
+        tokens = self.norm(self.pool(h).squeeze(-1).transpose(1, 2))
+        return zero_absent(EncoderOutput(tokens, tokens.mean(1)), batch["present"].get("wifi"))

@@ -1,0 +1,54 @@
+"""Stage-one data: the built-in twin's shards (built once into the cache) or shard folders the user gives."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from airbind.paths import cache_dir
+from shards.write import WriteConfig, write_dataset
+
+# vehicle scenes: sequence split with scenario4 held out (an unseen scenario); human scenes: subject split
+TWIN_SPLITS = {
+    "vehicles": dict(source="deepsense", split="sequence", fractions=(0.8, 0.2, 0.0), held_out_test=["scenario4"]),
+    "humans": dict(source="mmfi", split="subject", fractions=(0.7, 0.15, 0.15)),
+}
+
+
+def twin_shards(kind: str, shard_size: int = 200) -> Path:
+    """Shards of the default twin dataset ``kind`` (vehicles or humans), written once into the cache."""
+    from twin import cache as twin_cache
+    raw = twin_cache.default_vehicles() if kind == "vehicles" else twin_cache.default_humans()
+    spec = TWIN_SPLITS[kind]
+    digest = hashlib.sha256(f"{raw.name}{spec}{shard_size}".encode()).hexdigest()[:10]
+    final = cache_dir() / "shards" / f"{kind}-{digest}"
+    if (final / "report.json").is_file():
+        return final
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_dataset(WriteConfig(spec["source"], raw, tmp, split=spec["split"], fractions=spec["fractions"],
+                                  held_out_test=spec.get("held_out_test", []), shard_size=shard_size,
+                                  progress=False))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def resolve_data(data: list[str]) -> list[Path]:
+    """Shard roots (folders holding train/ and val/): the user's, or the built-in twin's when none given."""
+    if data:
+        roots = [Path(d) for d in data]
+        for r in roots:
+            if not (r / "train").is_dir():
+                raise FileNotFoundError(f"{r}: expected a folder written by shards.write (with train/ and val/)")
+        return roots
+    return [twin_shards("vehicles"), twin_shards("humans")]
+
+
+def split_dirs(roots: list[Path], split: str) -> list[Path]:
+    return [r / split for r in roots if (r / split).is_dir() and any((r / split).glob("*.tar"))]

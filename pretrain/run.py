@@ -1,0 +1,93 @@
+"""Stage one: ``deepspeed pretrain/run.py`` (or ``python pretrain/run.py``) binds the modality encoders to
+the wireless anchor with InfoNCE. With no arguments it trains on the built-in digital twin."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python pretrain/run.py` from a checkout without the editable install
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pretrain.config import PRESETS, PretrainConfig  # noqa: E402
+from pretrain.model import ANCHORS, BindingConfig  # noqa: E402
+
+BINDING_FLAGS = {f.name for f in fields(BindingConfig)}
+
+
+HELP = {
+    "epochs": "training epochs", "steps_per_epoch": "optimizer steps per epoch (resampled shards)",
+    "batch_size": "global batch over all ranks", "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps before cosine decay",
+    "image_size": "camera frames are resized to this square size", "max_points": "points kept per cloud",
+    "workers": "DataLoader workers per rank", "shuffle_buffer": "samples in the shuffle buffer",
+    "seed": "seed of model init and data order", "ds_config": "DeepSpeed JSON config (batch, lr, ZeRO and "
+    "bf16 are set from these options)", "zero_stage": "DeepSpeed ZeRO stage", "bf16": "auto | on | off",
+    "checkpoint_every": "steps between checkpoints (0: every epoch end)",
+    "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples for retrieval",
+    "log_every": "steps between log lines", "stop_after_steps": "stop after this many steps (as if interrupted)",
+}
+
+
+def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
+    """All options with their defaults; with ``suppress`` only the options given appear in the result."""
+    p = argparse.ArgumentParser(prog="pretrain/run.py", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d, b = PretrainConfig(), BindingConfig()
+
+    def add(flag: str, default, **kw) -> None:
+        p.add_argument(flag, default=argparse.SUPPRESS if suppress else default, **kw)
+
+    add("--preset", None, choices=sorted(PRESETS), help="small: tests; demo: make demo")
+    add("--data", d.data, nargs="*", help="shard roots written by shards.write (with train/ and val/); "
+        "none = built-in twin")
+    add("--out", d.out, help="run folder: checkpoints/, metrics.jsonl, tb/")
+    add("--anchor", b.anchor, choices=ANCHORS, help="auto: beam for vehicle scenes, WiFi CSI for human scenes; "
+        "joint: beam and image")
+    add("--modalities", b.modalities, nargs="+", help="encoders to train")
+    add("--d", b.d, type=int, help="encoder token width")
+    add("--n-tokens", b.n_tokens, type=int, help="tokens per modality (n_f)")
+    add("--embed-dim", b.embed_dim, type=int, help="shared embedding size")
+    add("--image-arch", b.image_arch, help="timm model name")
+    add("--image-checkpoint", b.image_checkpoint, help="safetensors weights for the image model")
+    add("--coord-scale", b.coord_scale, type=float, help="metres per unit for point clouds")
+    for f in fields(PretrainConfig):
+        if f.name in ("data", "out", "binding", "progress"):
+            continue
+        default = getattr(d, f.name)
+        kind = float if isinstance(default, float) else int if isinstance(default, int) else str
+        kind = int if f.name == "stop_after_steps" else kind
+        add("--" + f.name.replace("_", "-"), default, type=kind, help=HELP[f.name])
+    add("--no-progress", False, action="store_true", help="no progress bar")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> PretrainConfig:
+    """Options given on the command line override the preset, which overrides the defaults."""
+    a = build_parser().parse_args(argv)
+    given = set(vars(build_parser(suppress=True).parse_args(argv)))
+    base = PretrainConfig()
+    if a.preset:
+        preset = dict(PRESETS[a.preset])
+        base = replace(base, **{k: v for k, v in preset.items() if k != "binding"},
+                       binding=replace(base.binding, **preset.get("binding", {})))
+    binding = replace(base.binding, **{k: getattr(a, k) for k in BINDING_FLAGS if k in given})
+    top = {f.name: getattr(a, f.name) for f in fields(PretrainConfig)
+           if f.name not in ("binding", "progress") and f.name in given}
+    return replace(base, **top, binding=binding, progress=not a.no_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    from pretrain.train import train
+    result = train(cfg)
+    if result["rank"] == 0:
+        print(json.dumps({"step": result["step"], "checkpoint": result["checkpoint"], **result["metrics"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

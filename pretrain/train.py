@@ -1,0 +1,242 @@
+"""The stage-one training loop under DeepSpeed: streaming shards, InfoNCE to the anchor, checkpoints that
+resume to the same result, TensorBoard + JSONL logs, per-epoch cross-modal retrieval."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from airbind.checkpoint import CheckpointDir, latest, load_state, save_state, versions
+from airbind.paths import REPO_ROOT, configure_tool_caches
+from pretrain.config import PretrainConfig
+from pretrain.data import resolve_data, split_dirs
+from pretrain.distributed import DistInfo, init_distributed
+from pretrain.loss import MaskedClipLoss
+from pretrain.model import BindingModel, anchor_pairs
+from pretrain.retrieval import recall_at_k
+from shards.stream import StreamConfig, make_loader
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, dict):
+            out[k] = {kk: vv.to(device) for kk, vv in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+def ds_config(cfg: PretrainConfig, world: int, gpu: bool) -> dict:
+    path = Path(cfg.ds_config)
+    if not path.is_absolute() and not path.is_file():
+        path = REPO_ROOT / path
+    conf = json.loads(path.read_text())
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} ranks")
+    conf.update(train_batch_size=cfg.batch_size, train_micro_batch_size_per_gpu=cfg.batch_size // world,
+                gradient_accumulation_steps=1)
+    conf.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    conf["optimizer"]["params"].update(lr=cfg.lr, weight_decay=cfg.weight_decay, torch_adam=True)
+    conf.setdefault("zero_optimization", {})["stage"] = cfg.zero_stage
+    conf["bf16"] = {"enabled": cfg.bf16 == "on" or (cfg.bf16 == "auto" and gpu)}
+    return conf
+
+
+def lr_lambda(cfg: PretrainConfig):
+    total = max(1, cfg.epochs * cfg.steps_per_epoch)
+
+    def f(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def stream_config(cfg: PretrainConfig, micro: int, epoch: int, train: bool) -> StreamConfig:
+    return StreamConfig(batch_size=micro, image_size=cfg.image_size, max_points=cfg.max_points,
+                        shuffle_buffer=cfg.shuffle_buffer if train else 0, resampled=train,
+                        epoch_samples=(cfg.steps_per_epoch + 2) * micro * max(1, cfg.workers) if train else None,
+                        num_workers=cfg.workers if train else 0, seed=cfg.seed + 1009 * epoch,
+                        always=tuple(cfg.binding.modalities), split_nodes=train)
+
+
+@torch.no_grad()
+def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device: torch.device) -> dict[str, float]:
+    """Recall@1/5 of each modality → its anchor on the validation split (chance = k / pairs)."""
+    dirs = split_dirs(roots, "val")
+    if not dirs:
+        return {}
+    model.eval()
+    emb: dict[str, list] = {}
+    present: dict[str, list] = {}
+    n = 0
+    for batch in make_loader(dirs, stream_config(cfg, 64, 0, train=False)):
+        batch = to_device(batch, device)
+        for m, z in model.embed(batch).items():
+            emb.setdefault(m, []).append(z.float().cpu())
+            present.setdefault(m, []).append(batch["present"][m].cpu())
+        n += len(batch["key"])
+        if n >= cfg.val_max_samples:
+            break
+    model.train()
+    z = {m: torch.cat(v) for m, v in emb.items()}
+    p = {m: torch.cat(v) for m, v in present.items()}
+    out: dict[str, float] = {}
+    for m, a, valid in anchor_pairs(cfg.binding.anchor, p, list(z)):
+        idx = valid.nonzero().squeeze(1).numpy()
+        if len(idx) < 5:
+            continue
+        rec = recall_at_k(z[m][idx].numpy(), z[a][idx].numpy(), ks=(1, 5))
+        out[f"val/{m}->{a}/R@1"] = rec[1]
+        out[f"val/{m}->{a}/R@5"] = rec[5]
+        out[f"val/{m}->{a}/pairs"] = float(len(idx))
+    return out
+
+
+def save_checkpoint(engine, cfg: PretrainConfig, info: DistInfo, state: dict[str, Any], name: str) -> Path | None:
+    """Every rank writes its optimizer partition; rank 0 writes weights, config and trainer state."""
+    ckpt = CheckpointDir(Path(cfg.out) / "checkpoints", name)
+    if info.rank == 0:
+        ckpt.begin()
+    dist.barrier()
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    fp32 = [t.detach().clone() for t in getattr(engine.optimizer, "single_partition_of_fp32_groups", [])]
+    save_state(ckpt.tmp / f"optimizer-rank{info.rank}", {"base": base.state_dict(), "fp32": fp32})
+    if info.rank == 0:
+        from safetensors.torch import save_file
+        model_state = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
+        save_file(model_state, ckpt.tmp / "model.safetensors")
+        conf = {"config": asdict(cfg), "versions": versions(), "world_size": info.world_size, "kind": "pretrain"}
+        (ckpt.tmp / "config.json").write_text(json.dumps(conf, indent=1, default=str))
+        save_state(ckpt.tmp / "trainer_state", {**state, "scheduler": engine.lr_scheduler.state_dict(),
+                                                "torch_rng": torch.get_rng_state()})
+    dist.barrier()
+    final = ckpt.commit() if info.rank == 0 else None
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(engine, path: Path, info: DistInfo) -> dict[str, Any]:
+    conf = json.loads((path / "config.json").read_text())
+    if conf["world_size"] != info.world_size:
+        raise ValueError(f"{path}: saved with {conf['world_size']} ranks, resuming with {info.world_size}; "
+                         "resume with the same number of ranks")
+    from airbind.checkpoint import load_model_weights
+    load_model_weights(engine.module, path)
+    opt = load_state(path / f"optimizer-rank{info.rank}")
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    base.load_state_dict(opt["base"])
+    for dst, src in zip(getattr(engine.optimizer, "single_partition_of_fp32_groups", []), opt["fp32"]):
+        dst.data.copy_(src)
+    state = load_state(path / "trainer_state")
+    engine.lr_scheduler.load_state_dict(state.pop("scheduler"))
+    torch.set_rng_state(state.pop("torch_rng"))
+    return state
+
+
+def train(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run stage one; returns the last validation metrics (and the checkpoint path)."""
+    configure_tool_caches()
+    info = init_distributed()
+    import deepspeed
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if info.rank == 0:
+        roots = resolve_data(cfg.data)  # builds the twin caches once
+    dist.barrier()
+    if info.rank != 0:
+        roots = resolve_data(cfg.data)
+    model = BindingModel(cfg.binding)
+    conf = ds_config(cfg, info.world_size, info.device.type == "cuda")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=conf,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)))
+    loss_fn = MaskedClipLoss(info.rank, info.world_size)
+    out = Path(cfg.out)
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    if cfg.resume:
+        path = latest(out / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
+        if path is None:
+            raise FileNotFoundError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
+        state = load_checkpoint(engine, path, info)
+        if info.rank == 0:
+            print(f"resumed from {path} at step {state['step']}")
+    writer = None
+    if info.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tb"))
+    log_path = out / "metrics.jsonl"
+    micro = cfg.batch_size // info.world_size
+    train_dirs = split_dirs(roots, "train")
+    metrics: dict[str, Any] = {}
+    last_ckpt = None
+    bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, initial=state["step"], desc="stage one", unit="step",
+               disable=info.rank != 0 or not cfg.progress)
+    stopped = False
+    for epoch in range(state["epoch"], cfg.epochs):
+        loader = make_loader(train_dirs, stream_config(cfg, micro, epoch, train=True))
+        skip = state["batch_in_epoch"] if epoch == state["epoch"] else 0
+        t0, n_samples = time.perf_counter(), 0
+        for i, batch in enumerate(loader):
+            if i >= cfg.steps_per_epoch:
+                break
+            if i < skip:  # same data order as an uninterrupted run
+                continue
+            batch = to_device(batch, info.device)
+            loss, logs = engine(batch, loss_fn)
+            engine.backward(loss)
+            engine.step()
+            engine.module.clamp_temperature()
+            state.update(step=state["step"] + 1, epoch=epoch, batch_in_epoch=i + 1)
+            n_samples += len(batch["key"]) * info.world_size
+            bar.update(1)
+            if info.rank == 0 and (state["step"] % cfg.log_every == 0 or i + 1 == cfg.steps_per_epoch):
+                rec = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()),
+                       "lr": engine.lr_scheduler.get_last_lr()[0], **logs}
+                _log(log_path, writer, rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                last_ckpt = save_checkpoint(engine, cfg, info, state, f"step-{state['step']:06d}")
+            if cfg.stop_after_steps is not None and state["step"] >= cfg.stop_after_steps:
+                stopped = True
+                break
+        if stopped:
+            break
+        state.update(epoch=epoch + 1, batch_in_epoch=0)
+        seconds = time.perf_counter() - t0
+        if info.rank == 0:
+            metrics = validate(engine.module, cfg, roots, info.device)
+            rec = {"step": state["step"], "epoch": epoch, "train_samples_per_s": n_samples / max(seconds, 1e-9),
+                   **metrics}
+            _log(log_path, writer, rec)
+        dist.barrier()
+        if not cfg.checkpoint_every or state["step"] % cfg.checkpoint_every:
+            last_ckpt = save_checkpoint(engine, cfg, info, state, f"step-{state['step']:06d}")
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return {"metrics": metrics, "checkpoint": str(last_ckpt) if last_ckpt else None, "step": state["step"],
+            "rank": info.rank}
+
+
+def _log(path: Path, writer, rec: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    if writer is not None:
+        for k, v in rec.items():
+            if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                writer.add_scalar(k, v, rec["step"])

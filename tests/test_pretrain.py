@@ -1,0 +1,184 @@
+"""Stage one: InfoNCE against a hand computation, temperature clamp, missing modalities, 2 DeepSpeed ranks
+vs 1, and resume reproducing an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pretrain.loss import MaskedClipLoss
+from pretrain.model import BindingConfig, BindingModel, anchor_pairs
+from shards.stream import StreamConfig, collate, iter_samples
+from shards.write import WriteConfig, write_dataset
+from tests import builders
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = BindingConfig(d=32, embed_dim=16, n_tokens=4)
+
+
+def _reference_infonce(a: np.ndarray, b: np.ndarray, scale: float) -> float:
+    logits = scale * a @ b.T
+    def ce(lg):
+        lg = lg - lg.max(1, keepdims=True)
+        return float(np.mean(-np.diag(lg) + np.log(np.exp(lg).sum(1))))
+    return 0.5 * (ce(logits) + ce(logits.T))
+
+
+def test_infonce_matches_a_hand_computation():
+    a = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    b = np.array([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])
+    # by hand for scale 2: logits rows [1.6, 0, 2], [1.76, .8, .6], [.6, 1, 0]
+    manual = 0.5 * (np.mean([-1.6 + np.log(np.exp(1.6) + 1 + np.exp(2)), -0.8 + np.log(np.exp(1.76) + np.exp(.8) + np.exp(.6)),
+                             0 - np.log(1 / (np.exp(.6) + np.exp(1) + 1))])
+                    + np.mean([-1.6 + np.log(np.exp(1.6) + np.exp(1.76) + np.exp(.6)), -0.8 + np.log(1 + np.exp(.8) + np.exp(1)),
+                               0 - np.log(1 / (np.exp(2) + np.exp(.6) + 1))]))
+    assert _reference_infonce(a, b, 2.0) == pytest.approx(manual)
+    loss, n = MaskedClipLoss()(torch.tensor(a), torch.tensor(b), torch.ones(3, dtype=torch.bool), torch.tensor(2.0))
+    assert n == 3 and float(loss) == pytest.approx(manual, rel=1e-6)
+
+
+def test_missing_rows_do_not_bias_the_loss():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    valid = torch.tensor([True, False, True, True, False, True])
+    loss, n = MaskedClipLoss()(a, b, valid, torch.tensor(10.0))
+    ref = _reference_infonce(a[valid].numpy(), b[valid].numpy(), 10.0)
+    assert n == 4 and float(loss) == pytest.approx(ref, rel=1e-5)
+    loss1, n1 = MaskedClipLoss()(a, b, torch.tensor([True] + [False] * 5), torch.tensor(10.0))
+    assert n1 == 1 and float(loss1) == 0.0  # a single pair has no negatives
+
+
+def test_temperature_is_clamped_at_100():
+    model = BindingModel(BindingConfig(modalities=["gps", "beam"], d=16, embed_dim=8, n_tokens=2))
+    assert float(model.logit_scale.exp()) == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1000.0))
+    model.clamp_temperature()
+    assert float(model.logit_scale.exp()) == pytest.approx(100.0, rel=1e-5)
+
+
+def test_anchor_pairs_bind_each_sample_to_its_source_anchor():
+    t, f = True, False
+    present = {"image": torch.tensor([t, t, t]), "beam": torch.tensor([t, f, f]), "wifi": torch.tensor([f, t, f]),
+               "radar": torch.tensor([t, t, f])}
+    pairs = {(m, a): v.tolist() for m, a, v in anchor_pairs("auto", present, list(present))}
+    assert pairs[("image", "beam")] == [t, f, f] and pairs[("image", "wifi")] == [f, t, f]
+    assert pairs[("radar", "wifi")] == [f, t, f] and ("beam", "wifi") not in pairs
+    joint = {(m, a) for m, a, _ in anchor_pairs("joint", present, list(present))}
+    assert ("radar", "image") in joint and ("beam", "image") in joint and ("image", "beam") in joint
+
+
+@pytest.fixture(scope="session")
+def mixed_shards(tmp_path_factory) -> Path:
+    """Vehicle (DeepSense layout) and human (MM-Fi layout) samples in one shard root."""
+    from twin.humans import HumanTwinConfig, generate
+    raw = tmp_path_factory.mktemp("raw")
+    generate(raw / "humans", HumanTwinConfig(envs=1, subjects=2, frames=5, activities=4, workers=1), progress=False)
+    builders.deepsense_full(raw / "vehicles", seqs=4, frames=12)
+    out = tmp_path_factory.mktemp("shards")
+    for name, src in (("humans", "mmfi"), ("vehicles", "deepsense")):
+        write_dataset(WriteConfig(src, raw / name, out / name, split="random", fractions=(0.75, 0.25, 0.0),
+                                  shard_size=10, progress=False))
+    return out
+
+
+def _batch(root: Path, n: int) -> dict:
+    samples = [s for sub in ("vehicles", "humans") for s in iter_samples(root / sub / "train", image_size=32)]
+    rng = np.random.default_rng(0)
+    pick = [samples[i] for i in rng.permutation(len(samples))[:n]]
+    return collate(pick, max_points=64, always=tuple(TINY.modalities), image_size=32)
+
+
+def test_a_modality_absent_from_the_batch_is_skipped(mixed_shards):
+    torch.manual_seed(0)
+    model = BindingModel(TINY)
+    batch = _batch(mixed_shards, 8)
+    batch["present"]["lidar"][:] = False
+    loss, logs = model(batch, MaskedClipLoss())
+    assert torch.isfinite(loss) and not any(k.startswith("loss/lidar") for k in logs)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    from pretrain.config import PretrainConfig
+    from pretrain.distributed import init_distributed
+    from pretrain.train import ds_config, to_device
+    import deepspeed
+    info = init_distributed()
+    torch.manual_seed(0)
+    model = BindingModel(TINY)
+    cfg = PretrainConfig(batch_size=8, lr=1e-3, warmup_steps=0)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                      config=ds_config(cfg, world, gpu=False))
+    full = _batch(Path(root), 8)
+    per = 8 // world
+    keep = slice(rank * per, (rank + 1) * per)
+    local = {k: (v[keep] if isinstance(v, (torch.Tensor, list)) else {m: t[keep] for m, t in v.items()})
+             for k, v in full.items()}
+    loss_fn = MaskedClipLoss(info.rank, info.world_size)
+    losses = []
+    for _ in range(2):  # a step, then the loss after the update: equal iff gradients were averaged right
+        loss, _ = engine(to_device(local, info.device), loss_fn)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss))
+    if rank == 0:
+        Path(out).write_text(json.dumps(losses))
+    torch.distributed.destroy_process_group()
+
+
+def _run_ranks(world: int, root: Path, out: Path) -> list[float]:
+    mp.start_processes(_rank_worker, args=(world, _free_port(), str(root), str(out)), nprocs=world,
+                       start_method="spawn", join=True)
+    return json.loads(out.read_text())
+
+
+def test_two_deepspeed_ranks_give_the_loss_of_one(mixed_shards, tmp_path):
+    one = _run_ranks(1, mixed_shards, tmp_path / "one.json")
+    two = _run_ranks(2, mixed_shards, tmp_path / "two.json")
+    assert one[0] == pytest.approx(two[0], rel=1e-5)
+    assert one[1] == pytest.approx(two[1], rel=1e-4)
+    assert one[0] != pytest.approx(one[1], rel=1e-6)  # the step changed the model
+
+
+def _pretrain(out: Path, data: Path, *extra: str) -> dict:
+    cmd = [sys.executable, str(REPO / "pretrain/run.py"), "--preset", "small", "--data", str(data / "vehicles"),
+           str(data / "humans"), "--out", str(out), "--no-progress", "--steps-per-epoch", "4", "--epochs", "2",
+           "--checkpoint-every", "3", "--workers", "1", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_uninterrupted_run(mixed_shards, tmp_path):
+    from safetensors.torch import load_file
+    full = _pretrain(tmp_path / "full", mixed_shards)
+    _pretrain(tmp_path / "cut", mixed_shards, "--stop-after-steps", "3")
+    resumed = _pretrain(tmp_path / "cut", mixed_shards, "--resume", "latest")
+    assert full["step"] == resumed["step"] == 8
+    a = load_file(Path(full["checkpoint"]) / "model.safetensors")
+    b = load_file(Path(resumed["checkpoint"]) / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    for k, v in full.items():
+        if k.startswith("val/"):
+            assert resumed[k] == pytest.approx(v, abs=1e-6)
