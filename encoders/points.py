@@ -107,6 +107,7 @@ class PointTransformerEncoder(nn.Module):
         self.down2 = TransitionDown(d, d, k)
         self.block3 = PointTransformerLayer(d, min(k, cfg.n_tokens))
         self.norm = nn.LayerNorm(d)
+        self.pool_proj = nn.Linear(2 * d, d)  # masked mean and max of the tokens
 
     def forward(self, batch: dict) -> EncoderOutput:
         pts, mask = batch[self.modality].float(), batch[self.modality + "_mask"]
@@ -119,7 +120,9 @@ class PointTransformerEncoder(nn.Module):
         x, p, mask = self.down2(x, p, mask, self.n_tokens)
         tokens = self.norm(self.block3(x, p, mask)) * mask[..., None]
         count = mask.sum(1, keepdim=True).clamp(min=1)
-        pooled = tokens.sum(1) / count
+        top = tokens.masked_fill(~mask[..., None], float("-inf")).amax(1)
+        top = torch.where(mask.any(1, keepdim=True), top, torch.zeros_like(top))
+        pooled = self.pool_proj(torch.cat([tokens.sum(1) / count, top], -1))
         present = batch["present"].get(self.modality)
         has_points = mask.any(1)
         present = has_points if present is None else present & has_points

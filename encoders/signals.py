@@ -53,7 +53,7 @@ class _BeamSequence(nn.Module):
     def __init__(self, n_beams: int, d: int, n_tokens: int, layers: int = 2):
         super().__init__()
         self.inp = nn.Linear(2, d)
-        self.pos = nn.Parameter(torch.randn(n_beams, d) * 0.02)
+        self.pos = nn.Parameter(torch.randn(n_beams, d))  # unit scale: beam identity must not wash out
         layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=2 * d, batch_first=True, norm_first=True,
                                            dropout=0.0)
         self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -69,16 +69,21 @@ class _BeamSequence(nn.Module):
 
 @register("beam")
 class BeamEncoder(nn.Module):
-    """The 64-beam received-power vector (dB, normalised to its maximum)."""
+    """The 64-beam received-power vector (dB, normalised to its maximum). The pooled embedding is an MLP of
+    the whole vector (it must keep *where* the peak is); the tokens come from a transformer over the beams."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.seq = _BeamSequence(int(cfg.options.get("n_beams", 64)), cfg.d, cfg.n_tokens)
+        n_beams = int(cfg.options.get("n_beams", 64))
+        self.mlp = nn.Sequential(nn.Linear(2 * n_beams, cfg.d), nn.GELU(), nn.Linear(cfg.d, cfg.d), nn.GELU(),
+                                 nn.Linear(cfg.d, cfg.d))
+        self.seq = _BeamSequence(n_beams, cfg.d, cfg.n_tokens)
 
     def forward(self, batch: dict) -> EncoderOutput:
-        h = self.seq(batch["beam"].float())
+        p = batch["beam"].float()
+        h = self.seq(p)
         tokens = self.seq.pool(h.transpose(1, 2)).transpose(1, 2)
-        return zero_absent(EncoderOutput(tokens, h.mean(1)), batch["present"].get("beam"))
+        return zero_absent(EncoderOutput(tokens, self.mlp(power_db(p))), batch["present"].get("beam"))
 
 
 @register("past_beam")

@@ -37,6 +37,6 @@ PRESETS: dict[str, dict] = {
     "small": dict(epochs=2, steps_per_epoch=6, batch_size=16, image_size=32, max_points=96, workers=0,
                   val_max_samples=160, shuffle_buffer=40, warmup_steps=2,
                   binding=dict(d=64, embed_dim=64, n_tokens=4)),
-    "demo": dict(epochs=3, steps_per_epoch=40, batch_size=32, image_size=48, max_points=128, workers=1,
-                 val_max_samples=600, shuffle_buffer=200, warmup_steps=10),
+    "demo": dict(epochs=4, steps_per_epoch=50, batch_size=32, image_size=48, max_points=128, workers=1,
+                 val_max_samples=600, shuffle_buffer=200, warmup_steps=10, lr=1e-3),
 }

@@ -23,6 +23,7 @@ class BindingConfig:
     n_tokens: int = 8        # tokens per modality (n_f)
     embed_dim: int = 128     # shared space
     image_arch: str = "resnet18"
+    image_norm: str = "group"  # group | batch (batch: ImageNet checkpoints; SyncBatchNorm on multi-GPU)
     image_checkpoint: str | None = None
     coord_scale: float = 10.0
     init_temperature: float = 0.07
@@ -32,7 +33,7 @@ class BindingConfig:
         for m in self.modalities:
             opts: dict = {}
             if m == "image":
-                opts = {"arch": self.image_arch, "checkpoint": self.image_checkpoint}
+                opts = {"arch": self.image_arch, "norm": self.image_norm, "checkpoint": self.image_checkpoint}
             elif m in ("radar", "lidar"):
                 opts = {"coord_scale": self.coord_scale}
             out[m] = EncoderConfig(m, self.d, self.n_tokens, opts)

@@ -51,7 +51,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--n-tokens", b.n_tokens, type=int, help="tokens per modality (n_f)")
     add("--embed-dim", b.embed_dim, type=int, help="shared embedding size")
     add("--image-arch", b.image_arch, help="timm model name")
-    add("--image-checkpoint", b.image_checkpoint, help="safetensors weights for the image model")
+    add("--image-norm", b.image_norm, choices=["group", "batch"], help="normalisation layers of the ResNet")
+    add("--image-checkpoint", b.image_checkpoint, help="safetensors weights for the image model (norm=batch)")
     add("--coord-scale", b.coord_scale, type=float, help="metres per unit for point clouds")
     for f in fields(PretrainConfig):
         if f.name in ("data", "out", "binding", "progress"):
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.train import train
     result = train(cfg)
     if result["rank"] == 0:
-        print(json.dumps({"step": result["step"], "checkpoint": result["checkpoint"], **result["metrics"]}, indent=1))
+        summary = {"step": result["step"], "checkpoint": result["checkpoint"], **result["metrics"]}
+        (Path(cfg.out) / "result.json").write_text(json.dumps(summary, indent=1))
+        print(json.dumps(summary, indent=1))
     return 0
 
 

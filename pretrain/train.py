@@ -160,6 +160,8 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     if info.rank != 0:
         roots = resolve_data(cfg.data)
     model = BindingModel(cfg.binding)
+    if info.world_size > 1 and info.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # no-op without BatchNorm layers
     conf = ds_config(cfg, info.world_size, info.device.type == "cuda")
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=conf,
@@ -167,6 +169,9 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     loss_fn = MaskedClipLoss(info.rank, info.world_size)
     out = Path(cfg.out)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    if not cfg.resume and latest(out / "checkpoints") is not None:
+        raise FileExistsError(f"{out} already holds a run (checkpoints/latest); pass --resume latest to continue "
+                              "it or choose another --out (nothing was overwritten)")
     if cfg.resume:
         path = latest(out / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
         if path is None:

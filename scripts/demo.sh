@@ -11,6 +11,14 @@ $PY -m twin report "$HUMANS" --out "$OUT/twin_humans_report"
 $PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject
 $PY -m shards.summary "$OUT/shards/humans" > "$OUT/shards/humans/summary.json"
 echo "[demo] human shards: $(grep -c '' "$OUT/shards/humans/summary.json") summary lines in $OUT/shards/humans/summary.json"
+echo "[demo] vehicle twin (DeepSense layout): the cached default dataset, ray-traced once (~6 min the first time)"
+VEHICLES=$($PY -m twin default vehicles | tail -n 1)
+$PY -m twin report "$VEHICLES" --out "$OUT/twin_vehicles_report"
+echo "[demo] stage one: binding encoders to the wireless anchor (DeepSpeed, CPU)"
+rm -rf "$OUT/pretrain"
+$PY pretrain/run.py --preset demo --out "$OUT/pretrain" --no-progress > "$OUT/pretrain.log" 2>&1 \
+  || { tail -n 40 "$OUT/pretrain.log"; exit 1; }
+echo "[demo] stage one retrieval (validation): $(grep -o '"val/[a-z_]*->[a-z]*/R@1": [0-9.]*' "$OUT/pretrain/result.json" | tr '\n' ' ')"
 SCEN5=../shared/data/deepsense/scenario5
 if [ -d "$SCEN5" ]; then
   echo "[demo] real DeepSense 6G scenario 5 -> WebDataset shards (official train/val/test CSVs)"

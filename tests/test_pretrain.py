@@ -36,11 +36,11 @@ def _reference_infonce(a: np.ndarray, b: np.ndarray, scale: float) -> float:
 def test_infonce_matches_a_hand_computation():
     a = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
     b = np.array([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])
-    # by hand for scale 2: logits rows [1.6, 0, 2], [1.76, .8, .6], [.6, 1, 0]
-    manual = 0.5 * (np.mean([-1.6 + np.log(np.exp(1.6) + 1 + np.exp(2)), -0.8 + np.log(np.exp(1.76) + np.exp(.8) + np.exp(.6)),
-                             0 - np.log(1 / (np.exp(.6) + np.exp(1) + 1))])
-                    + np.mean([-1.6 + np.log(np.exp(1.6) + np.exp(1.76) + np.exp(.6)), -0.8 + np.log(1 + np.exp(.8) + np.exp(1)),
-                               0 - np.log(1 / (np.exp(2) + np.exp(.6) + 1))]))
+    # by hand for scale 2: logits rows [1.6, 0, 2], [1.92, 1.6, 1.2], [1.2, 2, 0]; labels on the diagonal
+    e = np.exp
+    rows = [-1.6 + np.log(e(1.6) + 1 + e(2)), -1.6 + np.log(e(1.92) + e(1.6) + e(1.2)), np.log(e(1.2) + e(2) + 1)]
+    cols = [-1.6 + np.log(e(1.6) + e(1.92) + e(1.2)), -1.6 + np.log(1 + e(1.6) + e(2)), np.log(e(2) + e(1.2) + 1)]
+    manual = 0.5 * (np.mean(rows) + np.mean(cols))
     assert _reference_infonce(a, b, 2.0) == pytest.approx(manual)
     loss, n = MaskedClipLoss()(torch.tensor(a), torch.tensor(b), torch.ones(3, dtype=torch.bool), torch.tensor(2.0))
     assert n == 3 and float(loss) == pytest.approx(manual, rel=1e-6)
@@ -169,7 +169,6 @@ def _pretrain(out: Path, data: Path, *extra: str) -> dict:
     return json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
-@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(mixed_shards, tmp_path):
     from safetensors.torch import load_file
     full = _pretrain(tmp_path / "full", mixed_shards)
