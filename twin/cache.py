@@ -13,7 +13,7 @@ from airbind.paths import cache_dir
 
 
 # Bump when the simulation changes in a way the configuration does not show, so caches are rebuilt.
-TWIN_VERSION = 1
+TWIN_VERSION = 2  # 2: LoS blockage requires the Fresnel core to be obstructed
 
 
 def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:

@@ -166,10 +166,22 @@ class StreetSim:
         ids = np.array(shape_ids)
         return dist, normals, ids, valid
 
-    def los_blocked(self, rx: np.ndarray) -> bool:
+    def los_blocked(self, rx: np.ndarray, clearance: float = 0.15) -> bool:
+        """LoS blockage: the direct ray and four parallel rays offset by ``clearance`` (about the first Fresnel
+        radius at 60 GHz over these distances) are all obstructed. A ray that only grazes an edge loses a few
+        dB to diffraction and is not counted as blocked."""
         d = rx - self.bs
-        dist, _, _, _ = self.cast(self.bs, (d / np.linalg.norm(d))[None])
-        return bool(dist[0] < np.linalg.norm(d) - 0.05)
+        length = np.linalg.norm(d)
+        u = d / length
+        side = np.cross(u, [0.0, 0.0, 1.0])
+        side /= np.linalg.norm(side)
+        up = np.cross(side, u)
+        offsets = clearance * np.array([[0, 0, 0], side, -side, up, -up])
+        for off in offsets:
+            dist, _, _, _ = self.cast(self.bs + off, u[None])
+            if not dist[0] < length - 0.05:
+                return False
+        return True
 
     def local_frame(self) -> np.ndarray:
         """Rows: the BS's x (right), y (boresight, across the street), z (up) axes in world coordinates."""

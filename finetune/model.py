@@ -1,0 +1,160 @@
+"""The stage-two model: stage-one encoders → per-task modality gating (Eq. 8) → cross-modal attention
+fusion (Eqs. 9-11) → [fused tokens; task instruction] through the GPT-style backbone → task-specific
+sequential attention over intermediate layers (Eqs. 12-13) → task head; uncertainty-weighted loss (Eq. 14).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoders import build_encoder
+from finetune.backbone import BackboneConfig, load_backbone
+from finetune.modules import CrossModalFusion, ModalityGating, TaskLayerAttention, UncertaintyLoss
+from pretrain.model import BindingConfig
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    inputs: tuple[str, ...]   # modalities the task may see (never its own label)
+    outputs: int
+    kind: str                 # ce | mse | bce
+    instruction: str
+
+
+TASKS: dict[str, TaskSpec] = {
+    "beam": TaskSpec(("image", "radar", "lidar", "gps"), 64, "ce",
+                     "Predict the optimal beam index from multi-modal inputs."),
+    "har": TaskSpec(("image", "radar", "lidar", "wifi"), 27, "ce",
+                    "Recognize the human activity from multi-modal inputs."),
+    "hpe": TaskSpec(("image", "radar", "lidar", "wifi"), 17 * 3, "mse",
+                    "Estimate the 3D positions of 17 body keypoints from multi-modal inputs."),
+    "blockage": TaskSpec(("past_beam", "image", "radar", "lidar"), 1, "bce",
+                         "Predict whether the line of sight will be blocked in the near future."),
+}
+# the modality holding (or trivially revealing) each task's label: never an input of that task
+LABEL_MODALITY = {"beam": "beam", "blockage": "beam", "har": None, "hpe": None}
+
+
+def check_no_leak(tasks: dict[str, TaskSpec]) -> None:
+    for name, spec in tasks.items():
+        if LABEL_MODALITY[name] is not None and LABEL_MODALITY[name] in spec.inputs:
+            raise ValueError(f"task {name!r} would see its own label through {LABEL_MODALITY[name]!r}")
+
+
+def label_rows(task: str, batch: dict) -> torch.Tensor:
+    """Rows of a batch that carry a label for ``task``."""
+    if task == "beam":
+        return batch["beam_label"] >= 0
+    if task == "har":
+        return batch["activity"] >= 0
+    if task == "hpe":
+        return batch["has_keypoints"]
+    return batch["blockage"] >= 0
+
+
+@dataclass
+class ModelConfig:
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    binding: BindingConfig = field(default_factory=BindingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    use_backbone: bool = True
+    gating: bool = True
+    task_attention: bool = True
+    task_layers: list[int] | None = None   # hidden-state indices (0 = embeddings); default: 3 evenly spaced
+    fusion_layers: int = 1
+
+
+class MMSenseModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, backbone: tuple[nn.Module, object, int] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        specs = {t: TASKS[t] for t in cfg.tasks}
+        check_no_leak(specs)
+        self.modalities = sorted({m for s in specs.values() for m in s.inputs} & set(cfg.binding.modalities))
+        enc_cfgs = cfg.binding.encoder_configs()
+        self.encoders = nn.ModuleDict({m: build_encoder(enc_cfgs[m]) for m in self.modalities})
+        if cfg.use_backbone:
+            self.backbone, tokenizer, hidden = backbone or load_backbone(cfg.backbone)
+            n_layers = self.backbone.config.num_hidden_layers
+            layers = cfg.task_layers or sorted({max(1, round(n_layers * f)) for f in (1 / 3, 2 / 3, 1.0)})
+            if max(layers) > n_layers:
+                raise ValueError(f"task layer {max(layers)} > {n_layers} backbone layers")
+            for t in cfg.tasks:
+                ids = tokenizer(specs[t].instruction, add_special_tokens=False)["input_ids"]
+                self.register_buffer(f"instr_{t}", torch.tensor(ids, dtype=torch.long), persistent=False)
+        else:
+            self.backbone, hidden, layers = None, cfg.binding.d, [0]
+        self.hidden = hidden
+        self.gating = nn.ModuleDict({t: ModalityGating(cfg.binding.d, cfg.gating) for t in cfg.tasks})
+        self.fusion = CrossModalFusion(cfg.binding.d, len(self.modalities), hidden, layers=cfg.fusion_layers)
+        self.task_attn = nn.ModuleDict({t: TaskLayerAttention(hidden, layers, cfg.task_attention and cfg.use_backbone)
+                                        for t in cfg.tasks})
+        self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, specs[t].outputs))
+                                    for t in cfg.tasks})
+        self.loss = UncertaintyLoss(cfg.tasks)
+        self.specs = specs
+        self.last_gates: dict[str, torch.Tensor] = {}
+
+    def task_forward(self, task: str, batch: dict, enc: dict, rows: torch.Tensor) -> torch.Tensor:
+        """Raw output of ``task`` for the selected rows: one forward pass per (sample, task)."""
+        mods = [m for m in self.specs[task].inputs if m in enc]
+        idx = [self.modalities.index(m) for m in mods]
+        tokens = torch.stack([enc[m].tokens[rows] for m in mods], 1)
+        pooled = torch.stack([enc[m].pooled[rows] for m in mods], 1)
+        present = torch.stack([batch["present"][m][rows] for m in mods], 1)
+        weights = self.gating[task](pooled, present)
+        self.last_gates[task] = weights.detach()
+        full_w = tokens.new_zeros(len(weights), len(self.modalities))
+        full_p = torch.zeros_like(full_w, dtype=torch.bool)
+        full_t = tokens.new_zeros(len(weights), len(self.modalities), *tokens.shape[2:])
+        full_w[:, idx], full_p[:, idx], full_t[:, idx] = weights, present, tokens
+        fused = self.fusion(full_t, full_w, full_p)
+        n_f = tokens.shape[2]
+        mask = full_p[:, :, None].expand(-1, -1, n_f).reshape(len(weights), -1)
+        if self.backbone is None:  # ablation: fusion straight to the head
+            feat = (fused * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            return self.heads[task](feat)
+        ids = getattr(self, f"instr_{task}")
+        instr = self.backbone.get_input_embeddings()(ids)[None].expand(len(weights), -1, -1)
+        x = torch.cat([fused, instr.to(fused.dtype)], 1)
+        attn = torch.cat([mask, mask.new_ones(len(weights), len(ids))], 1)
+        out = self.backbone(inputs_embeds=x, attention_mask=attn.long(), output_hidden_states=True)
+        return self.heads[task](self.task_attn[task](out.hidden_states, attn))
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, dict]]:
+        """Total loss (Eq. 14) and, per task, the rows, outputs, labels and unweighted loss."""
+        enc = {m: self.encoders[m](batch) for m in self.modalities if m in batch}
+        results, losses = {}, {}
+        for t in self.cfg.tasks:
+            inputs = [m for m in self.specs[t].inputs if m in enc]
+            if not inputs:
+                continue
+            rows = label_rows(t, batch) & torch.stack([batch["present"][m] for m in inputs]).any(0)
+            if not bool(rows.any()):
+                continue
+            out = self.task_forward(t, batch, enc, rows)
+            label = self.target(t, batch, rows)
+            kind = self.specs[t].kind
+            if kind == "ce":
+                loss = F.cross_entropy(out, label)
+            elif kind == "mse":
+                loss = F.mse_loss(out, label)
+            else:
+                loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label)
+            losses[t] = loss
+            results[t] = {"rows": rows, "output": out, "label": label, "loss": loss}
+        total = self.loss(losses) if losses else sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+        return total, results
+
+    @staticmethod
+    def target(task: str, batch: dict, rows: torch.Tensor) -> torch.Tensor:
+        if task == "beam":
+            return batch["beam_label"][rows]
+        if task == "har":
+            return batch["activity"][rows]
+        if task == "hpe":
+            return batch["keypoints"][rows].reshape(int(rows.sum()), -1)
+        return batch["blockage"][rows].float()

@@ -1,0 +1,60 @@
+"""``python finetune/predict.py CHECKPOINT --shards DIR [DIR ...] --out predictions.jsonl``: predictions of
+a stage-two model for any split, one JSON line per (sample, task)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+
+def predictions(checkpoint: Path, shards: list[Path], max_samples: int | None = None):
+    """Yield one dict per (sample, task): key, task, prediction, label."""
+    from finetune.train import evaluate, load_model
+    model, cfg = load_model(checkpoint)
+    metrics, arrays = evaluate(model, cfg, shards, max_samples)
+    for task, a in arrays.items():
+        for i, key in enumerate(a["key"]):
+            out, lab = a["output"][i], a["label"][i]
+            if task == "beam":
+                top = np.argsort(-out)[:5]
+                pred = {"beam": int(top[0]), "top5": top.tolist()}
+                truth = int(lab)
+            elif task == "har":
+                pred, truth = {"activity": int(out.argmax())}, int(lab)
+            elif task == "hpe":
+                pred, truth = {"keypoints": np.round(out.reshape(17, 3), 4).tolist()}, np.round(lab.reshape(17, 3), 4).tolist()
+            else:
+                prob = float(1 / (1 + np.exp(-out[0])))
+                pred, truth = {"blockage_probability": round(prob, 5), "blockage": int(prob >= 0.5)}, int(lab)
+            yield {"key": str(key), "task": task, "prediction": pred, "label": truth}
+    yield {"metrics": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="finetune/predict.py", description=__doc__)
+    p.add_argument("checkpoint", type=Path, help="a stage-two checkpoint directory (or run folder: latest)")
+    p.add_argument("--shards", nargs="+", type=Path, required=True, help="shard folders (e.g. OUT/test)")
+    p.add_argument("--out", type=Path, default=Path("predictions.jsonl"))
+    p.add_argument("--max-samples", type=int, default=None)
+    a = p.parse_args(argv)
+    ckpt = a.checkpoint
+    if not (ckpt / "model.safetensors").is_file():
+        from airbind.checkpoint import latest
+        ckpt = latest(ckpt / "checkpoints") or ckpt
+    n = 0
+    with a.out.open("w") as fh:
+        for row in predictions(ckpt, a.shards, a.max_samples):
+            fh.write(json.dumps(row) + "\n")
+            n += "key" in row
+    print(f"wrote {n} predictions to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

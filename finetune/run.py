@@ -1,0 +1,101 @@
+"""Stage two: ``python finetune/run.py --tasks all`` fine-tunes the gated-fusion + GPT-style backbone model
+on beam prediction, HAR, pose estimation and blockage prediction. With no other arguments it uses the
+built-in twin and SmolLM2-135M-Instruct with LoRA."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finetune.config import PRESETS, FinetuneConfig, merge  # noqa: E402
+from finetune.model import TASKS  # noqa: E402
+
+TOP_HELP = {
+    "epochs": "training epochs", "steps_per_epoch": "optimizer steps per epoch", "batch_size": "samples per step",
+    "lr": "peak learning rate (AdamW)", "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
+    "image_size": "camera frames resized to this square size", "max_points": "points kept per cloud",
+    "workers": "DataLoader workers", "shuffle_buffer": "samples in the shuffle buffer", "seed": "random seed",
+    "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples per epoch",
+    "log_every": "steps between log lines", "stop_after_steps": "stop after this many steps (as if interrupted)",
+    "fraction": "share of training labels used (0.1 = few-shot fine-tuning on 10 %)",
+    "encoders": "stage-one checkpoint (or run folder) to initialise the encoders; none = from scratch",
+}
+
+
+def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="finetune/run.py", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = FinetuneConfig()
+
+    def add(flag, default, **kw):
+        p.add_argument(flag, default=argparse.SUPPRESS if suppress else default, **kw)
+
+    add("--preset", None, choices=sorted(PRESETS), help="small: tests; demo: make demo")
+    add("--tasks", ["all"], nargs="+", help=f"all or some of {list(TASKS)}")
+    add("--data", d.data, nargs="*", help="shard roots written by shards.write; none = built-in twin")
+    add("--out", d.out, help="run folder: checkpoints/, metrics.jsonl, tb/")
+    add("--backbone", d.model.backbone.name, help="smollm2-135m (packaged), a Hugging Face id or a local path")
+    add("--backbone-layers", d.model.backbone.layers, type=int, help="keep only the first K decoder layers")
+    add("--tune", d.model.backbone.tune, choices=["freeze", "lora", "full"], help="how the backbone is trained")
+    add("--lora-rank", d.model.backbone.lora_rank, type=int, help="LoRA rank")
+    add("--lora-alpha", d.model.backbone.lora_alpha, type=int, help="LoRA alpha")
+    add("--task-layers", d.model.task_layers, type=int, nargs="+", help="hidden-state indices read by the task "
+        "attention (default: three evenly spaced)")
+    add("--no-gating", False, action="store_true", help="ablation: equal modality weights (no Eq. 8)")
+    add("--no-task-attention", False, action="store_true", help="ablation: final hidden state only (no Eqs. 12-13)")
+    add("--no-backbone", False, action="store_true", help="ablation: fusion straight to the heads")
+    add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
+    for f in fields(FinetuneConfig):
+        if f.name in ("model", "data", "out", "freeze_encoders", "progress"):
+            continue
+        default = getattr(d, f.name)
+        kind = float if isinstance(default, float) else int if isinstance(default, int) else str
+        kind = int if f.name == "stop_after_steps" else kind
+        add("--" + f.name.replace("_", "-"), default, type=kind, help=TOP_HELP[f.name])
+    add("--no-progress", False, action="store_true", help="no progress bar")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
+    a = build_parser().parse_args(argv)
+    given = set(vars(build_parser(suppress=True).parse_args(argv)))
+    cfg = FinetuneConfig()
+    if a.preset:
+        cfg = merge(cfg, PRESETS[a.preset])
+    top = {f.name: getattr(a, f.name) for f in fields(FinetuneConfig)
+           if f.name not in ("model", "progress") and f.name in given}
+    model: dict = {}
+    if "tasks" in given:
+        model["tasks"] = list(TASKS) if a.tasks == ["all"] else a.tasks
+    backbone = {k: getattr(a, src) for k, src in (("name", "backbone"), ("layers", "backbone_layers"), ("tune", "tune"),
+                                                  ("lora_rank", "lora_rank"), ("lora_alpha", "lora_alpha")) if src in given}
+    if backbone:
+        model["backbone"] = backbone
+    for flag, key in (("no_gating", "gating"), ("no_task_attention", "task_attention"), ("no_backbone", "use_backbone")):
+        if flag in given:
+            model[key] = not getattr(a, flag)
+    if "task_layers" in given:
+        model["task_layers"] = a.task_layers
+    unknown = [t for t in model.get("tasks", []) if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    return merge(cfg, {**top, **({"model": model} if model else {}), "progress": not a.no_progress})
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    from finetune.train import train
+    result = train(cfg)
+    summary = {"step": result["step"], "checkpoint": result["checkpoint"], **result["metrics"]}
+    (Path(cfg.out) / "result.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

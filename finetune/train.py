@@ -1,0 +1,265 @@
+"""The stage-two training loop: streaming shards, per-(sample, task) forward passes, uncertainty-weighted
+loss, safetensors checkpoints that resume, per-epoch validation metrics per task, TensorBoard + JSONL."""
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from airbind.checkpoint import CheckpointDir, latest, load_state, save_state, versions
+from airbind.paths import configure_tool_caches
+from finetune.config import FinetuneConfig, from_dict
+from finetune.metrics import task_metrics
+from finetune.model import MMSenseModel, ModelConfig
+from pretrain.data import resolve_data, split_dirs
+from pretrain.model import BindingConfig
+from pretrain.train import to_device
+from shards.stream import StreamConfig, make_loader
+
+
+def stream_config(cfg: FinetuneConfig, epoch: int, train: bool, batch: int | None = None) -> StreamConfig:
+    micro = batch or cfg.batch_size
+    return StreamConfig(batch_size=micro, image_size=cfg.image_size, max_points=cfg.max_points,
+                        shuffle_buffer=cfg.shuffle_buffer if train else 0, resampled=train,
+                        epoch_samples=(cfg.steps_per_epoch + 2) * micro * max(1, cfg.workers) if train else None,
+                        num_workers=cfg.workers if train else 0, seed=cfg.seed + 1009 * epoch,
+                        always=tuple(cfg.model.binding.modalities))
+
+
+def keep_fraction(batch: dict, fraction: float) -> dict:
+    """Hide the labels of all but a fixed ``fraction`` of samples (chosen by a hash of the key)."""
+    if fraction >= 1.0:
+        return batch
+    keep = torch.tensor([zlib.crc32(k.encode()) % 10_000 < fraction * 10_000 for k in batch["key"]])
+    for name in ("beam_label", "activity"):
+        batch[name] = torch.where(keep, batch[name], torch.full_like(batch[name], -1))
+    batch["blockage"] = torch.where(keep, batch["blockage"], torch.full_like(batch["blockage"], -1.0))
+    batch["has_keypoints"] = batch["has_keypoints"] & keep
+    return batch
+
+
+def stage_one_binding(path: str) -> tuple[BindingConfig, Path]:
+    """Binding config and checkpoint directory of a stage-one run (a checkpoint or a run folder)."""
+    p = Path(path)
+    ckpt = p if (p / "model.safetensors").is_file() else latest(p / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{path}: no stage-one checkpoint (expected model.safetensors or checkpoints/latest)")
+    conf = json.loads((ckpt / "config.json").read_text())["config"]["binding"]
+    return from_dict(BindingConfig, conf), ckpt
+
+
+def build_model(cfg: FinetuneConfig) -> MMSenseModel:
+    model = MMSenseModel(cfg.model)
+    if cfg.encoders:
+        from safetensors.torch import load_file
+        _, ckpt = stage_one_binding(cfg.encoders)
+        state = {k[len("encoders."):]: v for k, v in load_file(ckpt / "model.safetensors").items()
+                 if k.startswith("encoders.") and k.split(".")[1] in model.modalities}
+        missing = model.encoders.load_state_dict(state, strict=False).missing_keys
+        if missing:
+            raise ValueError(f"{ckpt}: stage-one weights lack {missing[:5]}")
+    if cfg.freeze_encoders:
+        model.encoders.requires_grad_(False)
+    return model
+
+
+def trainable_state(model: MMSenseModel) -> dict[str, torch.Tensor]:
+    """Weights to store: everything except a frozen (or LoRA-wrapped) backbone's base weights, which come
+    back from the backbone source."""
+    skip_base = model.cfg.use_backbone and model.cfg.backbone.tune != "full"
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if not (skip_base and k.startswith("backbone.") and "lora_" not in k)}
+
+
+@torch.no_grad()
+def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_samples: int | None = None
+             ) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+    """Per-task metrics on shard folders, plus the gathered outputs/labels/keys per task."""
+    model.eval()
+    got: dict[str, dict[str, list]] = {}
+    gates: dict[str, list] = {}
+    n = 0
+    for batch in make_loader(dirs, stream_config(cfg, 0, train=False, batch=32)):
+        _, res = model(batch)
+        for t, r in res.items():
+            g = got.setdefault(t, {"output": [], "label": [], "key": [], "power": []})
+            rows = r["rows"]
+            g["output"].append(r["output"].float().numpy())
+            g["label"].append(r["label"].float().numpy())
+            g["key"] += [k for k, keep in zip(batch["key"], rows.tolist()) if keep]
+            if t == "beam":
+                g["power"].append(batch["beam"][rows].numpy())
+            gates.setdefault(t, []).append(model.last_gates[t].numpy())
+        n += len(batch["key"])
+        if max_samples and n >= max_samples:
+            break
+    model.train()
+    metrics: dict[str, float] = {}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for t, g in got.items():
+        out, lab = np.concatenate(g["output"]), np.concatenate(g["label"])
+        lab = lab.astype(int) if t in ("beam", "har", "blockage") else lab
+        power = np.concatenate(g["power"]) if g["power"] else None
+        for k, v in task_metrics(t, out, lab, power).items():
+            metrics[f"{t}/{k}"] = v
+        metrics[f"{t}/samples"] = float(len(lab))
+        arrays[t] = {"output": out, "label": lab, "key": np.array(g["key"]), **({"power": power} if power is not None else {})}
+        mods = [m for m in model.specs[t].inputs if m in model.modalities]
+        mean_gate = np.concatenate(gates[t]).mean(0)
+        for m, w in zip([m for m in mods], mean_gate):
+            metrics[f"{t}/gate/{m}"] = float(w)
+    return metrics, arrays
+
+
+def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Trivial baselines on the validation labels from the training labels seen: majority class / mean pose
+    / majority blockage state."""
+    out = {}
+    for t, a in arrays.items():
+        lab = a["label"]
+        if t in ("beam", "har", "blockage") and train_labels.get(t):
+            major = Counter(train_labels[t]).most_common(1)[0][0]
+            out[f"{t}/baseline_accuracy"] = float((lab == major).mean())
+        elif t == "hpe" and train_labels.get(t):
+            mean_pose = np.mean(train_labels[t], axis=0)
+            from finetune.metrics import mpjpe_mm
+            out["hpe/baseline_mpjpe_mm"] = mpjpe_mm(np.broadcast_to(mean_pose, lab.shape).reshape(-1, 17, 3),
+                                                     lab.reshape(-1, 17, 3))
+    return out
+
+
+def lr_lambda(cfg: FinetuneConfig):
+    total = max(1, cfg.epochs * cfg.steps_per_epoch)
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def save_checkpoint(model, opt, sched, cfg: FinetuneConfig, state: dict[str, Any], train_labels) -> Path:
+    ckpt = CheckpointDir(Path(cfg.out) / "checkpoints", f"step-{state['step']:06d}")
+    tmp = ckpt.begin()
+    from safetensors.torch import save_file
+    save_file(trainable_state(model), tmp / "model.safetensors")
+    (tmp / "config.json").write_text(json.dumps({"config": asdict(cfg), "versions": versions(), "kind": "finetune"},
+                                                indent=1, default=str))
+    save_state(tmp / "optimizer-rank0", {"base": opt.state_dict(), "fp32": []})
+    save_state(tmp / "trainer_state", {**state, "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                                       "train_labels": {t: [np.asarray(v).tolist() for v in vals]
+                                                        for t, vals in train_labels.items()}})
+    return ckpt.commit()
+
+
+def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
+    """A trained stage-two model from its checkpoint directory (backbone weights from their source)."""
+    from safetensors.torch import load_file
+    cfg = from_dict(FinetuneConfig, json.loads((Path(ckpt) / "config.json").read_text())["config"])
+    model = MMSenseModel(cfg.model)
+    missing = model.load_state_dict(load_file(Path(ckpt) / "model.safetensors"), strict=False).missing_keys
+    bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)]  # base weights: from source
+    if bad:
+        raise ValueError(f"{ckpt}: checkpoint lacks {bad[:5]}")
+    return model.eval(), cfg
+
+
+def train(cfg: FinetuneConfig) -> dict[str, Any]:
+    configure_tool_caches()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    roots = resolve_data(cfg.data)
+    if cfg.encoders:  # the encoders must be the ones stage one trained
+        binding, _ = stage_one_binding(cfg.encoders)
+        cfg.model.binding = binding
+    model = build_model(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    out = Path(cfg.out)
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    train_labels: dict[str, list] = {}
+    if not cfg.resume and latest(out / "checkpoints") is not None:
+        raise FileExistsError(f"{out} already holds a run; pass --resume latest or choose another --out")
+    if cfg.resume:
+        path = latest(out / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
+        if path is None:
+            raise FileNotFoundError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        opt.load_state_dict(load_state(path / "optimizer-rank0")["base"])
+        saved = load_state(path / "trainer_state")
+        sched.load_state_dict(saved.pop("scheduler"))
+        torch.set_rng_state(saved.pop("torch_rng"))
+        train_labels = {t: [np.asarray(v) for v in vals] for t, vals in saved.pop("train_labels").items()}
+        state = saved
+    out.mkdir(parents=True, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(str(out / "tb"))
+    log_path = out / "metrics.jsonl"
+    metrics: dict[str, Any] = {}
+    ckpt = None
+    bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, initial=state["step"], desc="stage two", unit="step",
+               disable=None if cfg.progress else True)
+    stopped = False
+    for epoch in range(state["epoch"], cfg.epochs):
+        loader = make_loader(split_dirs(roots, "train"), stream_config(cfg, epoch, train=True))
+        skip = state["batch_in_epoch"] if epoch == state["epoch"] else 0
+        t0 = time.perf_counter()
+        for i, batch in enumerate(loader):
+            if i >= cfg.steps_per_epoch:
+                break
+            if i < skip:
+                continue
+            batch = keep_fraction(batch, cfg.fraction)
+            loss, res = model(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            for t, r in res.items():
+                train_labels.setdefault(t, []).extend(r["label"].detach().numpy())
+            state.update(step=state["step"] + 1, epoch=epoch, batch_in_epoch=i + 1)
+            bar.update(1)
+            if state["step"] % cfg.log_every == 0 or i + 1 == cfg.steps_per_epoch:
+                rec = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
+                       **{f"loss/{t}": float(r["loss"].detach()) for t, r in res.items()},
+                       **{f"log_var/{t}": float(p.detach()) for t, p in model.loss.log_vars.items()},
+                       **{f"gate/{t}/{m}": float(w) for t in model.last_gates
+                          for m, w in zip([m for m in model.specs[t].inputs if m in model.modalities],
+                                          model.last_gates[t].mean(0).tolist())}}
+                _log(log_path, writer, rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+            if cfg.stop_after_steps is not None and state["step"] >= cfg.stop_after_steps:
+                stopped = True
+                break
+        if stopped:
+            ckpt = save_checkpoint(model, opt, sched, cfg, state, train_labels)
+            break
+        state.update(epoch=epoch + 1, batch_in_epoch=0)
+        metrics, arrays = evaluate(model, cfg, split_dirs(roots, "val"), cfg.val_max_samples)
+        metrics.update(baselines(train_labels, arrays))
+        _log(log_path, writer, {"step": state["step"], "epoch": epoch, "seconds": time.perf_counter() - t0, **metrics})
+        ckpt = save_checkpoint(model, opt, sched, cfg, state, train_labels)
+    bar.close()
+    writer.close()
+    return {"metrics": metrics, "checkpoint": str(ckpt) if ckpt else None, "step": state["step"]}
+
+
+def _log(path: Path, writer, rec: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    for k, v in rec.items():
+        if isinstance(v, (int, float)) and k not in ("step", "epoch") and math.isfinite(v):
+            writer.add_scalar(k, v, rec["step"])
