@@ -96,6 +96,9 @@ class MMSenseModel(nn.Module):
                                     for t in cfg.tasks})
         self.loss = UncertaintyLoss(cfg.tasks)
         self.specs = specs
+        # the pose head starts at the mean pose of the first training batch (keypoints are metres in the
+        # sensor frame, far from 0): a data-dependent bias init, saved with the weights
+        self.register_buffer("hpe_bias_ready", torch.tensor(False))
         self.last_gates: dict[str, torch.Tensor] = {}
 
     def task_forward(self, task: str, batch: dict, enc: dict, rows: torch.Tensor) -> torch.Tensor:
@@ -135,8 +138,12 @@ class MMSenseModel(nn.Module):
             rows = label_rows(t, batch) & torch.stack([batch["present"][m] for m in inputs]).any(0)
             if not bool(rows.any()):
                 continue
-            out = self.task_forward(t, batch, enc, rows)
             label = self.target(t, batch, rows)
+            if t == "hpe" and self.training and not bool(self.hpe_bias_ready):
+                with torch.no_grad():
+                    self.heads["hpe"][-1].bias.copy_(label.mean(0))
+                    self.hpe_bias_ready.fill_(True)
+            out = self.task_forward(t, batch, enc, rows)
             kind = self.specs[t].kind
             if kind == "ce":
                 loss = F.cross_entropy(out, label)

@@ -19,6 +19,19 @@ rm -rf "$OUT/pretrain"
 $PY pretrain/run.py --preset demo --out "$OUT/pretrain" --no-progress > "$OUT/pretrain.log" 2>&1 \
   || { tail -n 40 "$OUT/pretrain.log"; exit 1; }
 echo "[demo] stage one retrieval (validation): $(grep -o '"val/[a-z_]*->[a-z]*/R@1": [0-9.]*' "$OUT/pretrain/result.json" | tr '\n' ' ')"
+echo "[demo] stage two: gated fusion + SmolLM2-135M (first 4 layers, LoRA) on beam, HAR, HPE and blockage"
+rm -rf "$OUT/finetune"
+$PY finetune/run.py --tasks all --preset demo --encoders "$OUT/pretrain" --out "$OUT/finetune" --no-progress \
+  > "$OUT/finetune.log" 2>&1 || { tail -n 40 "$OUT/finetune.log"; exit 1; }
+$PY - "$OUT/finetune/result.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rows = [("beam top-1", "beam/top1", "beam/baseline_accuracy"), ("HAR top-1", "har/top1", "har/baseline_accuracy"),
+        ("HPE MPJPE (mm, lower is better)", "hpe/mpjpe_mm", "hpe/baseline_mpjpe_mm"),
+        ("blockage accuracy", "blockage/accuracy", "blockage/baseline_accuracy")]
+for name, k, b in rows:
+    print(f"[demo] {name}: model {r.get(k, float('nan')):.3f}  trivial baseline {r.get(b, float('nan')):.3f}")
+PYEOF
 SCEN5=../shared/data/deepsense/scenario5
 if [ -d "$SCEN5" ]; then
   echo "[demo] real DeepSense 6G scenario 5 -> WebDataset shards (official train/val/test CSVs)"
