@@ -19,10 +19,9 @@ from airbind.checkpoint import CheckpointDir, latest, load_state, save_state, ve
 from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import task_metrics
-from finetune.model import MMSenseModel, ModelConfig
+from finetune.model import MMSenseModel
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
-from pretrain.train import to_device
 from shards.stream import StreamConfig, make_loader
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch

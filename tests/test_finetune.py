@@ -17,7 +17,6 @@ from finetune.config import PRESETS, FinetuneConfig, merge
 from finetune.model import TASKS, MMSenseModel, TaskSpec, check_no_leak
 from finetune.modules import ModalityGating, UncertaintyLoss
 from shards.stream import collate, iter_samples
-from tests.test_pretrain import mixed_shards  # noqa: F401  (session fixture: vehicle + human shards)
 from tests.tiny_backbone import make_tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,7 @@ import torch.multiprocessing as mp
 
 from pretrain.loss import MaskedClipLoss
 from pretrain.model import BindingConfig, BindingModel, anchor_pairs
-from shards.stream import StreamConfig, collate, iter_samples
-from shards.write import WriteConfig, write_dataset
-from tests import builders
+from shards.stream import collate, iter_samples
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = BindingConfig(d=32, embed_dim=16, n_tokens=4)
@@ -76,20 +74,6 @@ def test_anchor_pairs_bind_each_sample_to_its_source_anchor():
     assert pairs[("radar", "wifi")] == [f, t, f] and ("beam", "wifi") not in pairs
     joint = {(m, a) for m, a, _ in anchor_pairs("joint", present, list(present))}
     assert ("radar", "image") in joint and ("beam", "image") in joint and ("image", "beam") in joint
-
-
-@pytest.fixture(scope="session")
-def mixed_shards(tmp_path_factory) -> Path:
-    """Vehicle (DeepSense layout) and human (MM-Fi layout) samples in one shard root."""
-    from twin.humans import HumanTwinConfig, generate
-    raw = tmp_path_factory.mktemp("raw")
-    generate(raw / "humans", HumanTwinConfig(envs=1, subjects=2, frames=5, activities=4, workers=1), progress=False)
-    builders.deepsense_full(raw / "vehicles", seqs=4, frames=12)
-    out = tmp_path_factory.mktemp("shards")
-    for name, src in (("humans", "mmfi"), ("vehicles", "deepsense")):
-        write_dataset(WriteConfig(src, raw / name, out / name, split="random", fractions=(0.75, 0.25, 0.0),
-                                  shard_size=10, progress=False))
-    return out
 
 
 def _batch(root: Path, n: int) -> dict:

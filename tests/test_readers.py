@@ -1,7 +1,6 @@
 """DeepSense 6G and MM-Fi readers on fixtures built in the real layouts, plus the file readers."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

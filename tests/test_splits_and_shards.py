@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from shards.deepsense import DeepSenseReader
-from shards.errors import DataError
 from shards.mmfi import MMFiReader
 from shards.splits import assign_splits
 from shards.stream import SkipCounter, StreamConfig, collate, iter_samples, make_loader

@@ -12,9 +12,7 @@ between it and the BS and block the line of sight, so blockage labels come from 
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
