@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,3 +29,21 @@ def configure_tool_caches() -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLCONFIGDIR", str(root / "matplotlib"))
     return root
+
+
+def build_once(final: Path, marker: str, build: Callable[[Path], Any]) -> Path:
+    """``final`` if ``final/marker`` exists; else ``build(tmp)`` into a temporary sibling folder, renamed into
+    place only when complete (an interrupted build leaves nothing half-written behind)."""
+    final = Path(final)
+    if (final / marker).is_file():
+        return final
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -12,6 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from airbind.cli import OptionParser, given as given_options  # noqa: E402
 from finetune.config import PRESETS, FinetuneConfig, merge  # noqa: E402
 from finetune.model import TASKS  # noqa: E402
 
@@ -22,19 +23,15 @@ TOP_HELP = {
     "workers": "DataLoader workers", "shuffle_buffer": "samples in the shuffle buffer", "seed": "random seed",
     "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples per epoch",
     "log_every": "steps between log lines", "stop_after_steps": "stop after this many steps (as if interrupted)",
-    "fraction": "share of training labels used (0.1 = few-shot fine-tuning on 10 %)",
+    "fraction": "share of training labels used (0.1 = few-shot fine-tuning on 10 %%)",
     "encoders": "stage-one checkpoint (or run folder) to initialise the encoders; none = from scratch",
 }
 
 
 def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="finetune/run.py", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OptionParser(prog="finetune/run.py", description=__doc__, suppress=suppress)
     d = FinetuneConfig()
-
-    def add(flag, default, **kw):
-        p.add_argument(flag, default=argparse.SUPPRESS if suppress else default, **kw)
-
+    add = p.option
     add("--preset", None, choices=sorted(PRESETS), help="small: tests; demo: make demo")
     add("--tasks", ["all"], nargs="+", help=f"all or some of {list(TASKS)}")
     add("--data", d.data, nargs="*", help="shard roots written by shards.write; none = built-in twin")
@@ -50,20 +47,15 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--no-task-attention", False, action="store_true", help="ablation: final hidden state only (no Eqs. 12-13)")
     add("--no-backbone", False, action="store_true", help="ablation: fusion straight to the heads")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
-    for f in fields(FinetuneConfig):
-        if f.name in ("model", "data", "out", "freeze_encoders", "progress"):
-            continue
-        default = getattr(d, f.name)
-        kind = float if isinstance(default, float) else int if isinstance(default, int) else str
-        kind = int if f.name == "stop_after_steps" else kind
-        add("--" + f.name.replace("_", "-"), default, type=kind, help=TOP_HELP[f.name])
+    p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
+                        help_texts=TOP_HELP, int_fields=("stop_after_steps",))
     add("--no-progress", False, action="store_true", help="no progress bar")
     return p
 
 
 def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
     a = build_parser().parse_args(argv)
-    given = set(vars(build_parser(suppress=True).parse_args(argv)))
+    given = given_options(build_parser, argv)
     cfg = FinetuneConfig()
     if a.preset:
         cfg = merge(cfg, PRESETS[a.preset])

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
-from airbind.paths import cache_dir
+from airbind.paths import build_once, cache_dir
 from shards.write import WriteConfig, write_dataset
 
 # vehicle scenes: sequence split with scenario4 held out (an unseen scenario); human scenes: subject split
@@ -22,21 +20,11 @@ def twin_shards(kind: str, shard_size: int = 200) -> Path:
     raw = twin_cache.default_vehicles() if kind == "vehicles" else twin_cache.default_humans()
     spec = TWIN_SPLITS[kind]
     digest = hashlib.sha256(f"{raw.name}{spec}{shard_size}".encode()).hexdigest()[:10]
-    final = cache_dir() / "shards" / f"{kind}-{digest}"
-    if (final / "report.json").is_file():
-        return final
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write_dataset(WriteConfig(spec["source"], raw, tmp, split=spec["split"], fractions=spec["fractions"],
-                                  held_out_test=spec.get("held_out_test", []), shard_size=shard_size,
-                                  progress=False))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    build = lambda tmp: write_dataset(WriteConfig(spec["source"], raw, tmp, split=spec["split"],  # noqa: E731
+                                                  fractions=spec["fractions"],
+                                                  held_out_test=spec.get("held_out_test", []),
+                                                  shard_size=shard_size, progress=False))
+    return build_once(cache_dir() / "shards" / f"{kind}-{digest}", "report.json", build)
 
 
 def resolve_data(data: list[str]) -> list[Path]:

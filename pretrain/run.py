@@ -11,6 +11,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pretrain/run.py` from a checkout without the editable install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from airbind.cli import OptionParser, given as given_options  # noqa: E402
 from pretrain.config import PRESETS, PretrainConfig  # noqa: E402
 from pretrain.model import ANCHORS, BindingConfig  # noqa: E402
 
@@ -33,13 +34,9 @@ HELP = {
 
 def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     """All options with their defaults; with ``suppress`` only the options given appear in the result."""
-    p = argparse.ArgumentParser(prog="pretrain/run.py", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OptionParser(prog="pretrain/run.py", description=__doc__, suppress=suppress)
     d, b = PretrainConfig(), BindingConfig()
-
-    def add(flag: str, default, **kw) -> None:
-        p.add_argument(flag, default=argparse.SUPPRESS if suppress else default, **kw)
-
+    add = p.option
     add("--preset", None, choices=sorted(PRESETS), help="small: tests; demo: make demo")
     add("--data", d.data, nargs="*", help="shard roots written by shards.write (with train/ and val/); "
         "none = built-in twin")
@@ -54,13 +51,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--image-norm", b.image_norm, choices=["group", "batch"], help="normalisation layers of the ResNet")
     add("--image-checkpoint", b.image_checkpoint, help="safetensors weights for the image model (norm=batch)")
     add("--coord-scale", b.coord_scale, type=float, help="metres per unit for point clouds")
-    for f in fields(PretrainConfig):
-        if f.name in ("data", "out", "binding", "progress"):
-            continue
-        default = getattr(d, f.name)
-        kind = float if isinstance(default, float) else int if isinstance(default, int) else str
-        kind = int if f.name == "stop_after_steps" else kind
-        add("--" + f.name.replace("_", "-"), default, type=kind, help=HELP[f.name])
+    p.dataclass_options(PretrainConfig, skip=("data", "out", "binding", "progress"), help_texts=HELP,
+                        int_fields=("stop_after_steps",))
     add("--no-progress", False, action="store_true", help="no progress bar")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -69,7 +61,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> PretrainConfig:
     """Options given on the command line override the preset, which overrides the defaults."""
     a = build_parser().parse_args(argv)
-    given = set(vars(build_parser(suppress=True).parse_args(argv)))
+    given = given_options(build_parser, argv)
     base = PretrainConfig()
     if a.preset:
         preset = dict(PRESETS[a.preset])

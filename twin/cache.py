@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from airbind.paths import cache_dir
+from airbind.paths import build_once, cache_dir
 
 
 # Bump when the simulation changes in a way the configuration does not show, so caches are rebuilt.
@@ -20,19 +18,7 @@ def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:
     """``cache/twin/<kind>-<hash of cfg and TWIN_VERSION>``: built by ``build(tmp, cfg)`` once, atomically."""
     key = json.dumps({"version": TWIN_VERSION, "cfg": asdict(cfg)}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    final = cache_dir() / "twin" / f"{kind}-{digest}"
-    if (final / "twin_info.json").is_file():
-        return final
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        build(tmp, cfg)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(cache_dir() / "twin" / f"{kind}-{digest}", "twin_info.json", lambda tmp: build(tmp, cfg))
 
 
 def default_humans() -> Path:
