@@ -14,10 +14,14 @@ import numpy as np  # noqa: E402
 
 
 def predictions(checkpoint: Path, shards: list[Path], max_samples: int | None = None):
-    """Yield one dict per (sample, task): key, task, prediction, label."""
-    from finetune.train import evaluate, load_model
+    """Yield one dict per (sample, task): key, task, prediction, label; last, the metrics of the split next to
+    the trivial baselines from the checkpoint's training labels."""
+    from airbind.checkpoint import load_state
+    from finetune.train import baselines, evaluate, load_model
     model, cfg = load_model(checkpoint)
     metrics, arrays = evaluate(model, cfg, shards, max_samples)
+    seen = load_state(Path(checkpoint) / "trainer_state").get("train_labels", {})
+    metrics.update(baselines({t: [np.asarray(v) for v in vals] for t, vals in seen.items()}, arrays))
     for task, a in arrays.items():
         for i, key in enumerate(a["key"]):
             out, lab = a["output"][i], a["label"][i]
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in predictions(ckpt, a.shards, a.max_samples):
             fh.write(json.dumps(row) + "\n")
             n += "key" in row
+    print(json.dumps(row["metrics"], indent=1))
     print(f"wrote {n} predictions to {a.out}")
     return 0
 

@@ -126,10 +126,10 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
     for t, a in arrays.items():
         lab = a["label"]
         if t in ("beam", "har", "blockage") and train_labels.get(t):
-            major = Counter(train_labels[t]).most_common(1)[0][0]
+            major = Counter(np.asarray(train_labels[t]).reshape(-1).tolist()).most_common(1)[0][0]
             out[f"{t}/baseline_accuracy"] = float((lab == major).mean())
         elif t == "hpe" and train_labels.get(t):
-            mean_pose = np.mean(train_labels[t], axis=0)
+            mean_pose = np.mean(np.stack([np.asarray(v) for v in train_labels[t]]), axis=0)
             from finetune.metrics import mpjpe_mm
             out["hpe/baseline_mpjpe_mm"] = mpjpe_mm(np.broadcast_to(mean_pose, lab.shape).reshape(-1, 17, 3),
                                                      lab.reshape(-1, 17, 3))
