@@ -3,7 +3,6 @@ loss, safetensors checkpoints that resume, per-epoch validation metrics per task
 from __future__ import annotations
 
 import json
-import math
 import time
 import zlib
 from collections import Counter
@@ -22,6 +21,7 @@ from finetune.metrics import task_metrics
 from finetune.model import MMSenseModel
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
+from pretrain.train import log_record, lr_lambda
 from shards.stream import StreamConfig, make_loader
 
 
@@ -136,17 +136,6 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
     return out
 
 
-def lr_lambda(cfg: FinetuneConfig):
-    total = max(1, cfg.epochs * cfg.steps_per_epoch)
-
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    return f
-
-
 def save_checkpoint(model, opt, sched, cfg: FinetuneConfig, state: dict[str, Any], train_labels) -> Path:
     ckpt = CheckpointDir(Path(cfg.out) / "checkpoints", f"step-{state['step']:06d}")
     tmp = ckpt.begin()
@@ -238,7 +227,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
                        **{f"gate/{t}/{m}": float(w) for t in model.last_gates
                           for m, w in zip([m for m in model.specs[t].inputs if m in model.modalities],
                                           model.last_gates[t].mean(0).tolist())}}
-                _log(log_path, writer, rec)
+                log_record(log_path, writer, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
             if cfg.stop_after_steps is not None and state["step"] >= cfg.stop_after_steps:
                 stopped = True
@@ -249,16 +238,8 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         state.update(epoch=epoch + 1, batch_in_epoch=0)
         metrics, arrays = evaluate(model, cfg, split_dirs(roots, "val"), cfg.val_max_samples)
         metrics.update(baselines(train_labels, arrays))
-        _log(log_path, writer, {"step": state["step"], "epoch": epoch, "seconds": time.perf_counter() - t0, **metrics})
+        log_record(log_path, writer, {"step": state["step"], "epoch": epoch, "seconds": time.perf_counter() - t0, **metrics})
         ckpt = save_checkpoint(model, opt, sched, cfg, state, train_labels)
     bar.close()
     writer.close()
     return {"metrics": metrics, "checkpoint": str(ckpt) if ckpt else None, "step": state["step"]}
-
-
-def _log(path: Path, writer, rec: dict[str, Any]) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(rec) + "\n")
-    for k, v in rec.items():
-        if isinstance(v, (int, float)) and k not in ("step", "epoch") and math.isfinite(v):
-            writer.add_scalar(k, v, rec["step"])

@@ -53,7 +53,8 @@ def ds_config(cfg: PretrainConfig, world: int, gpu: bool) -> dict:
     return conf
 
 
-def lr_lambda(cfg: PretrainConfig):
+def lr_lambda(cfg):
+    """Linear warm-up then cosine decay to 10 % (any config with epochs, steps_per_epoch, warmup_steps)."""
     total = max(1, cfg.epochs * cfg.steps_per_epoch)
 
     def f(step: int) -> float:  # linear warm-up, cosine decay to 10 %
@@ -212,7 +213,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
             if info.rank == 0 and (state["step"] % cfg.log_every == 0 or i + 1 == cfg.steps_per_epoch):
                 rec = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()),
                        "lr": engine.lr_scheduler.get_last_lr()[0], **logs}
-                _log(log_path, writer, rec)
+                log_record(log_path, writer, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 last_ckpt = save_checkpoint(engine, cfg, info, state, f"step-{state['step']:06d}")
@@ -227,7 +228,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
             metrics = validate(engine.module, cfg, roots, info.device)
             rec = {"step": state["step"], "epoch": epoch, "train_samples_per_s": n_samples / max(seconds, 1e-9),
                    **metrics}
-            _log(log_path, writer, rec)
+            log_record(log_path, writer, rec)
         dist.barrier()
         if not cfg.checkpoint_every or state["step"] % cfg.checkpoint_every:
             last_ckpt = save_checkpoint(engine, cfg, info, state, f"step-{state['step']:06d}")
@@ -238,10 +239,11 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
             "rank": info.rank}
 
 
-def _log(path: Path, writer, rec: dict[str, Any]) -> None:
+def log_record(path: Path, writer, rec: dict[str, Any]) -> None:
+    """Append a record to metrics.jsonl and its finite numbers to TensorBoard."""
     with path.open("a") as fh:
         fh.write(json.dumps(rec) + "\n")
     if writer is not None:
         for k, v in rec.items():
-            if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+            if isinstance(v, (int, float)) and k not in ("step", "epoch") and math.isfinite(v):
                 writer.add_scalar(k, v, rec["step"])
