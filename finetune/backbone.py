@@ -98,6 +98,3 @@ def load_backbone(cfg: BackboneConfig) -> tuple[nn.Module, object, int]:
         raise ValueError(f"tune must be freeze, lora or full, not {cfg.tune!r}")
     return base, tok, hidden
 
-
-def input_embeddings(backbone: nn.Module) -> nn.Module:
-    return backbone.get_input_embeddings()

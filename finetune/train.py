@@ -14,24 +14,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from airbind.checkpoint import CheckpointDir, latest, load_state, save_state, versions
+from airbind.checkpoint import CheckpointDir, latest, load_model_weights, load_state, save_state, versions
 from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import task_metrics
 from finetune.model import MMSenseModel
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
-from pretrain.train import log_record, lr_lambda
-from shards.stream import StreamConfig, make_loader
-
-
-def stream_config(cfg: FinetuneConfig, epoch: int, train: bool, batch: int | None = None) -> StreamConfig:
-    micro = batch or cfg.batch_size
-    return StreamConfig(batch_size=micro, image_size=cfg.image_size, max_points=cfg.max_points,
-                        shuffle_buffer=cfg.shuffle_buffer if train else 0, resampled=train,
-                        epoch_samples=(cfg.steps_per_epoch + 2) * micro * max(1, cfg.workers) if train else None,
-                        num_workers=cfg.workers if train else 0, seed=cfg.seed + 1009 * epoch,
-                        always=tuple(cfg.model.binding.modalities))
+from pretrain.train import log_record, lr_lambda, stream_config
+from shards.stream import make_loader
 
 
 def keep_fraction(batch: dict, fraction: float) -> dict:
@@ -59,11 +50,9 @@ def stage_one_binding(path: str) -> tuple[BindingConfig, Path]:
 def build_model(cfg: FinetuneConfig) -> MMSenseModel:
     model = MMSenseModel(cfg.model)
     if cfg.encoders:
-        from safetensors.torch import load_file
         _, ckpt = stage_one_binding(cfg.encoders)
-        state = {k[len("encoders."):]: v for k, v in load_file(ckpt / "model.safetensors").items()
-                 if k.startswith("encoders.") and k.split(".")[1] in model.modalities}
-        missing = model.encoders.load_state_dict(state, strict=False).missing_keys
+        # stage one may hold more encoders than the tasks use: those keys are ignored, none may be missing
+        missing = load_model_weights(model.encoders, ckpt, strict=False, prefix="encoders.")
         if missing:
             raise ValueError(f"{ckpt}: stage-one weights lack {missing[:5]}")
     if cfg.freeze_encoders:
@@ -87,7 +76,7 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
     got: dict[str, dict[str, list]] = {}
     gates: dict[str, list] = {}
     n = 0
-    for batch in make_loader(dirs, stream_config(cfg, 0, train=False, batch=32)):
+    for batch in make_loader(dirs, stream_config(cfg, 32, 0, False, cfg.model.binding.modalities)):
         _, res = model(batch)
         for t, r in res.items():
             g = got.setdefault(t, {"output": [], "label": [], "key": [], "power": []})
@@ -201,7 +190,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
                disable=None if cfg.progress else True)
     stopped = False
     for epoch in range(state["epoch"], cfg.epochs):
-        loader = make_loader(split_dirs(roots, "train"), stream_config(cfg, epoch, train=True))
+        loader = make_loader(split_dirs(roots, "train"), stream_config(cfg, cfg.batch_size, epoch, True, cfg.model.binding.modalities))
         skip = state["batch_in_epoch"] if epoch == state["epoch"] else 0
         t0 = time.perf_counter()
         for i, batch in enumerate(loader):

@@ -65,12 +65,14 @@ def lr_lambda(cfg):
     return f
 
 
-def stream_config(cfg: PretrainConfig, micro: int, epoch: int, train: bool) -> StreamConfig:
+def stream_config(cfg, micro: int, epoch: int, train: bool, modalities: list[str]) -> StreamConfig:
+    """Training (resampled, shuffled, rank-local) or evaluation (every shard once) stream settings; ``cfg`` is
+    any config with image_size, max_points, shuffle_buffer, steps_per_epoch, workers and seed."""
     return StreamConfig(batch_size=micro, image_size=cfg.image_size, max_points=cfg.max_points,
                         shuffle_buffer=cfg.shuffle_buffer if train else 0, resampled=train,
                         epoch_samples=(cfg.steps_per_epoch + 2) * micro * max(1, cfg.workers) if train else None,
                         num_workers=cfg.workers if train else 0, seed=cfg.seed + 1009 * epoch,
-                        always=tuple(cfg.binding.modalities), split_nodes=train)
+                        always=tuple(modalities), split_nodes=train)
 
 
 @torch.no_grad()
@@ -83,7 +85,7 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
     emb: dict[str, list] = {}
     present: dict[str, list] = {}
     n = 0
-    for batch in make_loader(dirs, stream_config(cfg, 64, 0, train=False)):
+    for batch in make_loader(dirs, stream_config(cfg, 64, 0, False, cfg.binding.modalities)):
         batch = to_device(batch, device)
         for m, z in model.embed(batch).items():
             emb.setdefault(m, []).append(z.float().cpu())
@@ -194,7 +196,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
                disable=info.rank != 0 or not cfg.progress)
     stopped = False
     for epoch in range(state["epoch"], cfg.epochs):
-        loader = make_loader(train_dirs, stream_config(cfg, micro, epoch, train=True))
+        loader = make_loader(train_dirs, stream_config(cfg, micro, epoch, True, cfg.binding.modalities))
         skip = state["batch_in_epoch"] if epoch == state["epoch"] else 0
         t0, n_samples = time.perf_counter(), 0
         for i, batch in enumerate(loader):
