@@ -11,17 +11,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import maximum_filter, uniform_filter
 
-C = 299_792_458.0
+from airbind.fmcw import (CHIRP_PERIOD_S, SAMPLE_RATE_HZ, SLOPE_HZ_PER_S, START_FREQ_HZ,
+                          SPEED_OF_LIGHT as C)
 
 
 @dataclass(frozen=True)
 class RadarConfig:
     """FMCW chirp parameters and detector settings."""
 
-    start_freq_hz: float = 77e9
-    slope_hz_per_s: float = 15.015e12
-    sample_rate_hz: float = 4.0e6
-    chirp_period_s: float = 65e-6
+    start_freq_hz: float = START_FREQ_HZ
+    slope_hz_per_s: float = SLOPE_HZ_PER_S
+    sample_rate_hz: float = SAMPLE_RATE_HZ
+    chirp_period_s: float = CHIRP_PERIOD_S
     angle_fft: int = 64
     guard: tuple[int, int] = (2, 2)
     train: tuple[int, int] = (8, 4)

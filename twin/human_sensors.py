@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from twin.skeleton import BONE_RADIUS, BONES
 
-C = 299_792_458.0
+from airbind.fmcw import SPEED_OF_LIGHT as C
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-C = 299_792_458.0
+from airbind.fmcw import (CHIRP_PERIOD_S, SAMPLE_RATE_HZ, SLOPE_HZ_PER_S, START_FREQ_HZ,
+                          SPEED_OF_LIGHT as C)
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,12 @@ def measured_power(signal: np.ndarray, cfg: BeamConfig, rng: np.random.Generator
 
 @dataclass(frozen=True)
 class FMCWConfig:
-    """Chirp of the twin's radar; the defaults equal shards' RadarConfig, so ranges/velocities match."""
+    """Chirp of the twin's radar (defaults from airbind.fmcw, shared with shards' RadarConfig)."""
 
-    start_freq_hz: float = 77e9
-    slope_hz_per_s: float = 15.015e12
-    sample_rate_hz: float = 4.0e6
-    chirp_period_s: float = 65e-6
+    start_freq_hz: float = START_FREQ_HZ
+    slope_hz_per_s: float = SLOPE_HZ_PER_S
+    sample_rate_hz: float = SAMPLE_RATE_HZ
+    chirp_period_s: float = CHIRP_PERIOD_S
     n_rx: int = 4
     n_samples: int = 128
     n_chirps: int = 64

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
+from airbind.fmcw import SPEED_OF_LIGHT as C
 from airbind.geo import en_to_latlon
 from twin.street import Mover, StreetScenario, scenario, traffic
 from twin.vehicle_sensors import BeamConfig, FMCWConfig, beam_power, measured_power, radar_cube
@@ -97,7 +98,7 @@ class StreetSim:
         self.rx = rt.Receiver(name="unit2", position=self._p(self.bs + [0, 0, 50]))
         scene.add(self.rx)
         self.scene, self.solver = scene, rt.PathSolver()
-        lam = 299_792_458.0 / cfg.beam.carrier_hz
+        lam = C / cfg.beam.carrier_hz
         tx = scene.get("bs")
         elements = np.array(scene.tx_array.rotate(lam, tx.orientation)).reshape(3, -1).T
         self.weights = cfg.beam.codebook(elements, self.local_frame())
