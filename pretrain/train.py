@@ -21,7 +21,7 @@ from pretrain.data import resolve_data, split_dirs
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.loss import MaskedClipLoss
 from pretrain.model import BindingModel, anchor_pairs
-from pretrain.retrieval import recall_at_k
+from pretrain.retrieval import label_chance, label_recall_at_k, recall_at_k
 from shards.stream import StreamConfig, make_loader
 
 
@@ -84,18 +84,21 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
     model.eval()
     emb: dict[str, list] = {}
     present: dict[str, list] = {}
+    labels: list = []
     n = 0
     for batch in make_loader(dirs, stream_config(cfg, 64, 0, False, cfg.binding.modalities)):
         batch = to_device(batch, device)
         for m, z in model.embed(batch).items():
             emb.setdefault(m, []).append(z.float().cpu())
             present.setdefault(m, []).append(batch["present"][m].cpu())
+        labels.append(batch["beam_label"].cpu())
         n += len(batch["key"])
         if n >= cfg.val_max_samples:
             break
     model.train()
     z = {m: torch.cat(v) for m, v in emb.items()}
     p = {m: torch.cat(v) for m, v in present.items()}
+    beam = torch.cat(labels).numpy()
     out: dict[str, float] = {}
     for m, a, valid in anchor_pairs(cfg.binding.anchor, p, list(z)):
         idx = valid.nonzero().squeeze(1).numpy()
@@ -105,6 +108,11 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
         out[f"val/{m}->{a}/R@1"] = rec[1]
         out[f"val/{m}->{a}/R@5"] = rec[5]
         out[f"val/{m}->{a}/pairs"] = float(len(idx))
+        if a == "beam" and (beam[idx] >= 0).all():  # also: is the retrieved power vector's best beam right?
+            lab = label_recall_at_k(z[m][idx].numpy(), z[a][idx].numpy(), beam[idx], ks=(1, 5))
+            out[f"val/{m}->{a}/beamR@1"] = lab[1]
+            out[f"val/{m}->{a}/beamR@5"] = lab[5]
+            out[f"val/{m}->{a}/beamR@1_chance"] = label_chance(beam[idx], 1)
     return out
 
 

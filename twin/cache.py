@@ -28,6 +28,6 @@ def default_humans() -> Path:
 
 
 def default_vehicles() -> Path:
-    """The default vehicle-scene dataset of the pipeline (4 scenarios x 80 ray-traced samples)."""
+    """The default vehicle-scene dataset of the pipeline (4 scenarios x 160 ray-traced samples)."""
     from twin.vehicles import VehicleTwinConfig, generate
-    return cached("vehicles", VehicleTwinConfig(scenarios=4, samples_per_scenario=80), lambda p, c: generate(p, c))
+    return cached("vehicles", VehicleTwinConfig(scenarios=4, samples_per_scenario=160), lambda p, c: generate(p, c))
