@@ -12,6 +12,7 @@ from torch import nn
 
 from encoders import build_encoder
 from finetune.backbone import BackboneConfig, load_backbone
+from finetune.bodies import SmallBody
 from finetune.modules import CrossModalFusion, ModalityGating, TaskLayerAttention, UncertaintyLoss
 from pretrain.model import BindingConfig
 
@@ -65,6 +66,7 @@ class ModelConfig:
     task_attention: bool = True
     task_layers: list[int] | None = None   # hidden-state indices (0 = embeddings); default: 3 evenly spaced
     fusion_layers: int = 1
+    body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
 
 
 class MMSenseModel(nn.Module):
@@ -76,7 +78,12 @@ class MMSenseModel(nn.Module):
         self.modalities = sorted({m for s in specs.values() for m in s.inputs} & set(cfg.binding.modalities))
         enc_cfgs = cfg.binding.encoder_configs()
         self.encoders = nn.ModuleDict({m: build_encoder(enc_cfgs[m]) for m in self.modalities})
-        if cfg.use_backbone:
+        self.body = None
+        if cfg.body != "llm":  # a small baseline: no gating, fusion or backbone
+            n_tokens = cfg.binding.encoder_configs()[self.modalities[0]].n_tokens
+            self.body = SmallBody(cfg.body, cfg.binding.d, len(self.modalities), n_tokens)
+            self.backbone, hidden, layers = None, self.body.width, [0]
+        elif cfg.use_backbone:
             self.backbone, tokenizer, hidden = backbone or load_backbone(cfg.backbone)
             n_layers = self.backbone.config.num_hidden_layers
             layers = cfg.task_layers or sorted({max(1, round(n_layers * f)) for f in (1 / 3, 2 / 3, 1.0)})
@@ -90,7 +97,7 @@ class MMSenseModel(nn.Module):
         self.hidden = hidden
         self.gating = nn.ModuleDict({t: ModalityGating(cfg.binding.d, cfg.gating) for t in cfg.tasks})
         self.fusion = CrossModalFusion(cfg.binding.d, len(self.modalities), hidden, layers=cfg.fusion_layers)
-        self.task_attn = nn.ModuleDict({t: TaskLayerAttention(hidden, layers, cfg.task_attention and cfg.use_backbone)
+        self.task_attn = nn.ModuleDict({t: TaskLayerAttention(hidden, layers, cfg.task_attention and self.backbone is not None)
                                         for t in cfg.tasks})
         self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, specs[t].outputs))
                                     for t in cfg.tasks})
@@ -114,6 +121,8 @@ class MMSenseModel(nn.Module):
         full_p = torch.zeros_like(full_w, dtype=torch.bool)
         full_t = tokens.new_zeros(len(weights), len(self.modalities), *tokens.shape[2:])
         full_w[:, idx], full_p[:, idx], full_t[:, idx] = weights, present, tokens
+        if self.body is not None:
+            return self.heads[task](self.body(full_t * full_p[..., None, None], full_p))
         fused = self.fusion(full_t, full_w, full_p)
         n_f = tokens.shape[2]
         mask = full_p[:, :, None].expand(-1, -1, n_f).reshape(len(weights), -1)

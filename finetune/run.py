@@ -46,6 +46,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--no-gating", False, action="store_true", help="ablation: equal modality weights (no Eq. 8)")
     add("--no-task-attention", False, action="store_true", help="ablation: final hidden state only (no Eqs. 12-13)")
     add("--no-backbone", False, action="store_true", help="ablation: fusion straight to the heads")
+    add("--body", d.model.body, choices=["llm", "mlp", "cnn", "transformer"], help="llm: the full model; mlp / cnn "
+        "/ transformer: a small baseline on the task's modality tokens (no gating, fusion or backbone)")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -71,6 +73,8 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
     for flag, key in (("no_gating", "gating"), ("no_task_attention", "task_attention"), ("no_backbone", "use_backbone")):
         if flag in given:
             model[key] = not getattr(a, flag)
+    if "body" in given:
+        model["body"] = a.body
     if "task_layers" in given:
         model["task_layers"] = a.task_layers
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]
