@@ -13,15 +13,22 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 
-def predictions(checkpoint: Path, shards: list[Path], max_samples: int | None = None):
-    """Yield one dict per (sample, task): key, task, prediction, label; last, the metrics of the split next to
-    the trivial baselines from the checkpoint's training labels."""
+def evaluate_checkpoint(checkpoint: Path, shards: list[Path], max_samples: int | None = None):
+    """Metrics (with the trivial baselines from the checkpoint's training labels) and per-task arrays
+    (output, label, key, power) of a stage-two checkpoint on shard folders."""
     from airbind.checkpoint import load_state
     from finetune.train import baselines, evaluate, load_model
     model, cfg = load_model(checkpoint)
     metrics, arrays = evaluate(model, cfg, shards, max_samples)
     seen = load_state(Path(checkpoint) / "trainer_state").get("train_labels", {})
     metrics.update(baselines({t: [np.asarray(v) for v in vals] for t, vals in seen.items()}, arrays))
+    return metrics, arrays
+
+
+def predictions(checkpoint: Path, shards: list[Path], max_samples: int | None = None):
+    """Yield one dict per (sample, task): key, task, prediction, label; last, the metrics of the split next to
+    the trivial baselines from the checkpoint's training labels."""
+    metrics, arrays = evaluate_checkpoint(checkpoint, shards, max_samples)
     for task, a in arrays.items():
         for i, key in enumerate(a["key"]):
             out, lab = a["output"][i], a["label"][i]

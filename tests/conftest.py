@@ -21,3 +21,10 @@ def mixed_shards(tmp_path_factory) -> Path:
         write_dataset(WriteConfig(src, raw / name, out / name, split="random", fractions=(0.75, 0.25, 0.0),
                                   shard_size=10, progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A tiny random Llama with a word-level tokenizer, saved locally (no download)."""
+    from tests.tiny_backbone import make_tiny_backbone
+    return make_tiny_backbone(tmp_path_factory.mktemp("tiny_llama"))

@@ -17,14 +17,8 @@ from finetune.config import PRESETS, FinetuneConfig, merge
 from finetune.model import TASKS, MMSenseModel, TaskSpec, check_no_leak
 from finetune.modules import ModalityGating, UncertaintyLoss
 from shards.stream import collate, iter_samples
-from tests.tiny_backbone import make_tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory) -> Path:
-    return make_tiny_backbone(tmp_path_factory.mktemp("tiny_llama"))
 
 
 def _cfg(backbone: Path, **model) -> FinetuneConfig:
