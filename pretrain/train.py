@@ -157,11 +157,32 @@ def load_checkpoint(engine, path: Path, info: DistInfo) -> dict[str, Any]:
     return state
 
 
+def build_engine(cfg: PretrainConfig, info: DistInfo):
+    """The binding model wrapped by DeepSpeed (ZeRO, optimizer, schedule from the config) and its loss."""
+    import deepspeed
+    model = BindingModel(cfg.binding)
+    if info.world_size > 1 and info.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # no-op without BatchNorm layers
+    conf = ds_config(cfg, info.world_size, info.device.type == "cuda")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=conf,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)))
+    return engine, MaskedClipLoss(info.rank, info.world_size)
+
+
+def train_step(engine, batch: dict, loss_fn) -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimizer step of stage one (forward, backward, step, CLIP's temperature clamp)."""
+    loss, logs = engine(batch, loss_fn)
+    engine.backward(loss)
+    engine.step()
+    engine.module.clamp_temperature()
+    return loss, logs
+
+
 def train(cfg: PretrainConfig) -> dict[str, Any]:
     """Run stage one; returns the last validation metrics (and the checkpoint path)."""
     configure_tool_caches()
     info = init_distributed()
-    import deepspeed
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -170,14 +191,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     dist.barrier()
     if info.rank != 0:
         roots = resolve_data(cfg.data)
-    model = BindingModel(cfg.binding)
-    if info.world_size > 1 and info.device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # no-op without BatchNorm layers
-    conf = ds_config(cfg, info.world_size, info.device.type == "cuda")
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=conf,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)))
-    loss_fn = MaskedClipLoss(info.rank, info.world_size)
+    engine, loss_fn = build_engine(cfg, info)
     out = Path(cfg.out)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     if not cfg.resume and latest(out / "checkpoints") is not None:
@@ -213,10 +227,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
             if i < skip:  # same data order as an uninterrupted run
                 continue
             batch = to_device(batch, info.device)
-            loss, logs = engine(batch, loss_fn)
-            engine.backward(loss)
-            engine.step()
-            engine.module.clamp_temperature()
+            loss, logs = train_step(engine, batch, loss_fn)
             state.update(step=state["step"] + 1, epoch=epoch, batch_in_epoch=i + 1)
             n_samples += len(batch["key"]) * info.world_size
             bar.update(1)

@@ -125,3 +125,16 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     beam_rows = [r for r in rows if r.get("task") == "beam"]
     assert beam_rows and all(0 <= r["prediction"]["beam"] < 64 for r in beam_rows)
+
+
+def test_export_matches_eager(tiny_backbone, mixed_shards):
+    """finetune/export.py: the torch.export program of the beam path gives the eager model's logits."""
+    from finetune.export import BeamPredictor, check, export
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone).model).eval()
+    predictor = BeamPredictor(model, max_points=64)
+    batch = _batch(mixed_shards, n=6)
+    x = predictor.flatten(batch)
+    assert x[0].shape == (6, len(predictor.inputs)) and predictor(*x).shape == (6, 64)
+    program = export(predictor, x)
+    assert check(predictor, program, [batch], atol=1e-4) < 1e-4

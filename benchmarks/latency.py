@@ -1,0 +1,82 @@
+"""Beam-prediction latency of the default stage-two model at batch 1 and 64 (p50 / p99), eager next to the
+``torch.export`` program of finetune/export.py (checked equal to eager) and ``torch.compile``.
+Targets: p50 ≤ 20 ms at batch 1 on a 2-core CPU, ≤ 2 ms on an H100.
+
+``python benchmarks/latency.py [CHECKPOINT] [--repeats 30]``
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import record, timed  # noqa: E402
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", default="runs/demo/finetune", help="stage-two checkpoint or run folder")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    a = p.parse_args(argv)
+    from airbind.checkpoint import latest
+    from airbind.paths import configure_tool_caches
+    from finetune.export import BeamPredictor, check, example_batches, export
+    from finetune.train import load_model
+    from pretrain.data import resolve_data, split_dirs
+    configure_tool_caches()
+    ckpt = Path(a.checkpoint)
+    ckpt = ckpt if (ckpt / "model.safetensors").is_file() else latest(ckpt / "checkpoints")
+    model, cfg = load_model(ckpt)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    predictor = BeamPredictor(model.to(dev), cfg.max_points)
+    dirs = split_dirs(resolve_data(cfg.data), "val")
+    vehicle_dirs = [d for d in dirs if "vehicles" in str(d) or "deepsense" in str(d)] or dirs
+    results: dict = {"checkpoint": str(ckpt), "device": str(dev), "threads": torch.get_num_threads()}
+    for bs in a.batches:
+        batch = example_batches(cfg, vehicle_dirs, bs, n=1)[0]
+        if len(batch["key"]) < bs:  # a small split: repeat its samples up to the batch size
+            idx = torch.arange(bs) % len(batch["key"])
+            batch = {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()} if isinstance(v, dict)
+                         else [v[i] for i in idx.tolist()]) for k, v in batch.items()}
+        x = tuple(t.to(dev) for t in predictor.flatten(batch))
+        res = {}
+        with torch.inference_mode():
+            timed(lambda: predictor(*x), 3)
+            res["eager"] = percentiles(timed(lambda: predictor(*x), a.repeats))
+        program = export(predictor, x)
+        res["export_max_abs_diff"] = check(predictor, program, [batch])
+        exported = program.module()
+        with torch.inference_mode():
+            timed(lambda: exported(*x), 3)
+            res["torch.export"] = percentiles(timed(lambda: exported(*x), a.repeats))
+        if not a.no_compile:
+            try:
+                compiled = torch.compile(predictor)
+                with torch.inference_mode():
+                    timed(lambda: compiled(*x), 3)  # compiles
+                    res["torch.compile"] = percentiles(timed(lambda: compiled(*x), a.repeats))
+            except Exception as e:  # noqa: BLE001 — report why compile is unavailable here, keep the others
+                res["torch.compile"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        best = min((v["p50_ms"], k) for k, v in res.items() if isinstance(v, dict) and "p50_ms" in v)
+        res["best"] = best[1]
+        res["speedup_best_vs_eager_p50"] = round(res["eager"]["p50_ms"] / best[0], 2)
+        results[f"batch_{bs}"] = res
+    results["target_p50_ms_batch1"] = 2.0 if dev.type == "cuda" else 20.0
+    return record("latency", results)
+
+
+if __name__ == "__main__":
+    main()
