@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export AIRBIND_CACHE ?= $(CURDIR)/.cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow bench evaluate clean
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +17,16 @@ test: setup
 
 test-slow: setup
 	@$(PY) -m pytest -q -m slow
+
+evaluate: setup
+	@$(PY) evaluation/run.py
+
+# speed and memory, each figure measured in one run (reports/benchmarks/*.json)
+bench: setup
+	@$(PY) benchmarks/pipeline_overhead.py
+	@$(PY) benchmarks/latency.py
+	@$(PY) benchmarks/memory.py
+	@$(PY) benchmarks/throughput_gpu.py
 
 clean:
 	rm -rf runs reports .cache/demo

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline as far as it exists, small and on the CPU. Results land in runs/demo/.
+# The whole pipeline, small and on the CPU. Results land in runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -32,6 +32,11 @@ rows = [("beam top-1", "beam/top1", "beam/baseline_accuracy"), ("HAR top-1", "ha
 for name, k, b in rows:
     print(f"[demo] {name}: model {r.get(k, float('nan')):.3f}  trivial baseline {r.get(b, float('nan')):.3f}")
 PYEOF
+echo "[demo] evaluation: Tables I/II, zero-shot, few-shot, real scenario 5, figures -> reports/"
+rm -rf "$OUT/evaluation"
+$PY evaluation/run.py all --pretrain "$OUT/pretrain" --finetune "$OUT/finetune" --work "$OUT/evaluation" \
+  --out reports --no-progress > "$OUT/evaluation.log" 2>&1 || { tail -n 40 "$OUT/evaluation.log"; exit 1; }
+grep -A 12 "## Table I:" reports/tables.md || true
 SCEN5=../shared/data/deepsense/scenario5
 if [ -d "$SCEN5" ]; then
   echo "[demo] real DeepSense 6G scenario 5 -> WebDataset shards (official train/val/test CSVs)"

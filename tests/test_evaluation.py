@@ -77,7 +77,7 @@ def test_probes_on_separable_toy_features():
     centres = rng.normal(scale=5.0, size=(4, 8))
     y = np.repeat(np.arange(4), 30)
     x = centres[y] + rng.normal(scale=0.3, size=(len(y), 8))
-    tr, te = subset(y, fraction=0.5, seed=1), None
+    tr = subset(y, fraction=0.5, seed=1)
     te = np.setdiff1d(np.arange(len(y)), tr)
     assert probe_classifier(x[tr], y[tr], x[te], y[te])["top1"] == 1.0
     shots = subset(y, shots=2, seed=0)
