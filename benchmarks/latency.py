@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     from airbind.checkpoint import latest
     from airbind.paths import configure_tool_caches
+    from evaluation.common import roots_for
     from finetune.export import BeamPredictor, check, example_batches, export
     from finetune.train import load_model
     from pretrain.data import resolve_data, split_dirs
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, cfg = load_model(ckpt)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     predictor = BeamPredictor(model.to(dev), cfg.max_points)
-    dirs = split_dirs(resolve_data(cfg.data), "val")
-    vehicle_dirs = [d for d in dirs if "vehicles" in str(d) or "deepsense" in str(d)] or dirs
+    vehicle_dirs = split_dirs(roots_for("beam", resolve_data(cfg.data)), "val")
     results: dict = {"checkpoint": str(ckpt), "device": str(dev), "threads": torch.get_num_threads()}
     for bs in a.batches:
         batch = example_batches(cfg, vehicle_dirs, bs, n=1)[0]

@@ -19,9 +19,7 @@ from shards.stream import make_loader
 def load_binding(ckpt: Path, random_init: bool = False, seed: int = 0) -> tuple[BindingModel, PretrainConfig]:
     """The stage-one model of a checkpoint (its weights, or with ``random_init`` a fresh one of the same shape)."""
     raw = json.loads((Path(ckpt) / "config.json").read_text())["config"]
-    cfg = from_dict(PretrainConfig, {k: v for k, v in raw.items() if k != "binding"})
-    from pretrain.model import BindingConfig
-    cfg.binding = from_dict(BindingConfig, raw["binding"])
+    cfg = from_dict(PretrainConfig, raw)
     torch.manual_seed(seed)
     model = BindingModel(cfg.binding)
     if not random_init:

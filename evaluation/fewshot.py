@@ -13,7 +13,7 @@ from evaluation.common import EvalConfig, finetune_checkpoint, markdown_table, p
 from evaluation.embed import embed_split, load_binding
 from evaluation.probe import probe_classifier, probe_regressor, subset
 from evaluation.training import base_config, budgeted, train_or_reuse
-from finetune.model import TASKS
+from finetune.model import TASKS, label_rows
 from pretrain.data import resolve_data, split_dirs
 
 MAX_TRAIN = 2000
@@ -21,17 +21,10 @@ MAX_TRAIN = 2000
 
 def task_labels(task: str, emb: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(rows with a label, labels) of ``task`` in an ``embed_split`` result."""
-    if task == "beam":
-        rows = emb["beam_label"] >= 0
-        return rows, emb["beam_label"][rows]
-    if task == "har":
-        rows = emb["activity"] >= 0
-        return rows, emb["activity"][rows]
-    if task == "hpe":
-        rows = emb["has_keypoints"].astype(bool)
-        return rows, emb["keypoints"][rows]
-    rows = emb["blockage"] >= 0
-    return rows, emb["blockage"][rows].astype(int)
+    rows = np.asarray(label_rows(task, emb), dtype=bool)
+    key = {"beam": "beam_label", "har": "activity", "hpe": "keypoints", "blockage": "blockage"}[task]
+    labels = emb[key][rows]
+    return rows, labels.astype(int) if task == "blockage" else labels
 
 
 def stage_one_features(task: str, emb: dict[str, np.ndarray]) -> np.ndarray:
@@ -90,9 +83,7 @@ def run_fewshot(ev: EvalConfig, finetune_fraction: bool = True) -> dict[str, Any
         te2 = stage_two_features(ckpt2, split_dirs(task_roots, ev.split), ev.max_eval_samples)
         for t in tasks:
             if t in tr2 and t in te2:
-                y = tr2[t]["y"].astype(int) if t != "hpe" else tr2[t]["y"]
-                yt = te2[t]["y"].astype(int) if t != "hpe" else te2[t]["y"]
-                data["stage_two"][t] = probe(t, tr2[t]["x"], y, te2[t]["x"], yt, ev)
+                data["stage_two"][t] = probe(t, tr2[t]["x"], tr2[t]["y"], te2[t]["x"], te2[t]["y"], ev)
     if finetune_fraction:
         data["finetune"] = fraction_finetune(ev)
     write_report(Path(ev.out), "fewshot", data, render(data))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from airbind.fmcw import SPEED_OF_LIGHT
 from evaluation.common import EvalConfig, finetune_checkpoint, markdown_table, pretrain_checkpoint, roots_for, write_report
 from evaluation.embed import embed_split, load_binding
 from pretrain.data import resolve_data, split_dirs
@@ -22,7 +23,7 @@ def codebook_prototypes(dynamic_range_db: float, n_beams: int = 64) -> np.ndarra
     peak ``dynamic_range_db`` above a flat noise floor as in measured data."""
     from twin.vehicle_sensors import BeamConfig, beam_power
     cfg = BeamConfig(n_beams=n_beams)
-    lam = 299_792_458.0 / cfg.carrier_hz
+    lam = SPEED_OF_LIGHT / cfg.carrier_hz
     elements = np.stack([np.arange(cfg.n_antennas) * lam / 2, np.zeros(cfg.n_antennas), np.zeros(cfg.n_antennas)], 1)
     w = cfg.codebook(elements, np.eye(3))
     ang = cfg.angles()
@@ -97,13 +98,17 @@ def run_zeroshot(ev: EvalConfig) -> dict[str, Any]:
     roots = resolve_data(ev.data or pcfg.data)
     vehicle_roots = roots_for("beam", roots)
     data: dict[str, Any] = {"checkpoint": str(ckpt), "unseen": unseen(ev, roots), "prototypes": {}, "retrieval": {}}
+    train_dirs = split_dirs(vehicle_roots, "train")
+    if train_dirs:
+        from evaluation.real import gps_beam
+        _, labels, power = gps_beam(train_dirs)
+        train_beam = power[labels >= 0]
     for split in ("val", "test"):
         dirs = split_dirs(vehicle_roots, split)
-        if not dirs:
+        if not dirs or not train_dirs:
             continue
         emb = embed_split(model, pcfg, dirs, ev.max_eval_samples)
-        train = embed_split(model, pcfg, split_dirs(vehicle_roots, "train"), 400)
-        data["prototypes"][split] = prototype_beam_prediction(model, emb, train["beam"][train["present/beam"]])
+        data["prototypes"][split] = prototype_beam_prediction(model, emb, train_beam)
         data["retrieval"][f"vehicles/{split}"] = pairwise_retrieval(emb)
     human_dirs = split_dirs(roots_for("har", roots), "test")
     if human_dirs:

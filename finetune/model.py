@@ -80,8 +80,7 @@ class MMSenseModel(nn.Module):
         self.encoders = nn.ModuleDict({m: build_encoder(enc_cfgs[m]) for m in self.modalities})
         self.body = None
         if cfg.body != "llm":  # a small baseline: no gating, fusion or backbone
-            n_tokens = cfg.binding.encoder_configs()[self.modalities[0]].n_tokens
-            self.body = SmallBody(cfg.body, cfg.binding.d, len(self.modalities), n_tokens)
+            self.body = SmallBody(cfg.body, cfg.binding.d, len(self.modalities), cfg.binding.n_tokens)
             self.backbone, hidden, layers = None, self.body.width, [0]
         elif cfg.use_backbone:
             self.backbone, tokenizer, hidden = backbone or load_backbone(cfg.backbone)
@@ -96,7 +95,8 @@ class MMSenseModel(nn.Module):
             self.backbone, hidden, layers = None, cfg.binding.d, [0]
         self.hidden = hidden
         self.gating = nn.ModuleDict({t: ModalityGating(cfg.binding.d, cfg.gating) for t in cfg.tasks})
-        self.fusion = CrossModalFusion(cfg.binding.d, len(self.modalities), hidden, layers=cfg.fusion_layers)
+        self.fusion = None if self.body is not None else CrossModalFusion(cfg.binding.d, len(self.modalities), hidden,
+                                                                          layers=cfg.fusion_layers)
         self.task_attn = nn.ModuleDict({t: TaskLayerAttention(hidden, layers, cfg.task_attention and self.backbone is not None)
                                         for t in cfg.tasks})
         self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, specs[t].outputs))
