@@ -27,7 +27,7 @@ def default_root() -> Path:
 def scenario5_shards(root: Path) -> Path:
     """Shards of the official split of ``root`` (written once into the cache)."""
     from shards.write import WriteConfig, write_dataset
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(f"{root.resolve()}shuffled".encode()).hexdigest()[:10]
     return build_once(cache_dir() / "shards" / f"scenario5-{digest}", "report.json",
                       lambda tmp: write_dataset(WriteConfig("deepsense", root, tmp, split="official", progress=False)))
 

@@ -31,6 +31,7 @@ class WriteConfig:
     held_out_test: list[str] = field(default_factory=list)
     seed: int = 0
     shard_size: int = 1000
+    shuffle: bool = True   # write each split in a seeded random order (see write_dataset)
     skip_bad: bool = False
     progress: bool = True
 
@@ -49,6 +50,13 @@ def write_dataset(cfg: WriteConfig) -> dict[str, Any]:
         raise DataError(cfg.root, "no readable samples found")
     held = {"val": cfg.held_out_val, "test": cfg.held_out_test}
     splits = assign_splits(records, cfg.split, cfg.fractions, cfg.seed, held)
+    if cfg.shuffle:
+        # Readers list files in time order (a sequence, a subject's activity): written that way, one shard holds
+        # a few near-identical clips, and a streaming shuffle buffer cannot decorrelate the batches (InfoNCE
+        # then sees near-duplicate negatives, a classifier sees one activity at a time). Every sample is
+        # self-contained (past beams travel with it), so the order within a split carries no information.
+        rng = np.random.default_rng(cfg.seed)
+        splits = {name: [recs[i] for i in rng.permutation(len(recs))] for name, recs in splits.items()}
     gps: list = []
     report: dict[str, Any] = {"source": cfg.source, "root": str(cfg.root), "split": cfg.split,
                               "indexed": len(records), "splits": {}}
@@ -90,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> WriteConfig:
     p.add_argument("--test-groups", default="", help="comma-separated groups pinned to test (e.g. E04)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the reader's (time) order inside each split")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad files instead of stopping")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -98,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> WriteConfig:
         p.error("--fractions takes three numbers")
     groups = lambda s: [g for g in s.split(",") if g]
     return WriteConfig(a.source, a.root, a.out, a.split, fractions, groups(a.val_groups), groups(a.test_groups),
-                       a.seed, a.shard_size, a.skip_bad, not a.no_progress)
+                       a.seed, a.shard_size, not a.no_shuffle, a.skip_bad,
+                       not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:

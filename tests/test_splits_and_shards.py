@@ -75,6 +75,22 @@ def test_write_then_stream_with_two_workers(tmp_path):
     assert sum(keys.values()) == sizes["samples"] and max(keys.values()) == 1  # every sample exactly once
 
 
+
+def test_splits_are_written_in_a_seeded_random_order(tmp_path):
+    """Shards must not hold clips in time order (near-duplicate batches), and the order must be reproducible."""
+    root = builders.mmfi(tmp_path / "raw", frames=6)
+    order = {}
+    for name, shuffle in (("a", True), ("b", True), ("plain", False)):
+        write_dataset(WriteConfig("mmfi", root, tmp_path / name, split="subject", fractions=(1.0, 0.0, 0.0),
+                                  shard_size=1000, shuffle=shuffle, progress=False))
+        order[name] = [s["__key__"] for s in iter_samples(tmp_path / name / "train", image_size=16)]
+    assert (tmp_path / "a/train/shard-000000.tar").read_bytes() == (tmp_path / "b/train/shard-000000.tar").read_bytes()
+    assert sorted(order["a"]) == sorted(order["plain"]) and order["a"] != order["plain"]
+    clips = lambda keys: [k.rsplit("/", 1)[0] for k in keys]  # noqa: E731
+    runs = lambda keys: sum(a != b for a, b in zip(clips(keys), clips(keys)[1:]))  # noqa: E731
+    n_clips = len(set(clips(order["plain"])))
+    assert runs(order["plain"]) == n_clips - 1 < runs(order["a"])  # reader order: each clip's frames together
+
 def test_collate_pads_masks_and_missing_modalities():
     rng = np.random.default_rng(0)
     a = {"__key__": "a", "meta": {"beam": 3}, "radar": rng.normal(size=(3, 5)).astype(np.float32),
