@@ -32,6 +32,10 @@ class FinetuneConfig:
     val_max_samples: int = 1000
     log_every: int = 10
     stop_after_steps: int | None = None
+    engine: str = "auto"               # auto (DeepSpeed under its launcher, else plain) | plain | deepspeed
+    ds_config: str = "ds_config.json"  # DeepSpeed settings (ZeRO stage, optimizer betas); batch/lr come from here
+    zero_stage: int = 2
+    bf16: str = "auto"                 # auto: bf16 on GPU (DeepSpeed engine), fp32 on CPU; on / off
     progress: bool = True
 
 

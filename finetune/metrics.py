@@ -47,6 +47,7 @@ def pa_mpjpe_mm(pred: np.ndarray, true: np.ndarray) -> float:
 def binary_metrics(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     pred = (prob >= 0.5).astype(int)
     out = {"accuracy": float((pred == labels).mean()),
+           "balanced_accuracy": float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)])),
            "f1": float(f1_score(labels, pred, zero_division=0))}
     out["auc"] = float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
     return out

@@ -5,6 +5,7 @@ sequential attention over intermediate layers (Eqs. 12-13) → task head; uncert
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -104,8 +105,14 @@ class MMSenseModel(nn.Module):
         self.loss = UncertaintyLoss(cfg.tasks)
         self.specs = specs
         # the pose head starts at the mean pose of the first training batch (keypoints are metres in the
-        # sensor frame, far from 0): a data-dependent bias init, saved with the weights
+        # sensor frame, far from 0) and its loss is measured in units of that batch's per-axis spread, so the
+        # pose loss starts near 1 like the others instead of ~0.05 m² (Eq. 14 would take thousands of steps to
+        # re-weight it); both are data-dependent and saved with the weights
         self.register_buffer("hpe_bias_ready", torch.tensor(False))
+        self.register_buffer("hpe_scale", torch.ones(3))
+        # running label counts of the blockage task: the positive class (a rare event) is weighted by
+        # negatives/positives in its cross-entropy, else the head settles on "never blocked"
+        self.register_buffer("blockage_counts", torch.zeros(2))
         self.last_gates: dict[str, torch.Tensor] = {}
 
     def task_forward(self, task: str, batch: dict, enc: dict, rows: torch.Tensor) -> torch.Tensor:
@@ -136,34 +143,82 @@ class MMSenseModel(nn.Module):
         out = self.backbone(inputs_embeds=x, attention_mask=attn.long(), output_hidden_states=True)
         return self.heads[task](self.task_attn[task](out.hidden_states, attn))
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, dict]]:
-        """Total loss (Eq. 14) and, per task, the rows, outputs, labels and unweighted loss."""
+    def forward(self, batch: dict, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict[str, dict]]:
+        """Total loss (Eq. 14) and, per task, the rows, outputs, labels and unweighted loss.
+
+        ``reduce`` (data-parallel training) sums a tensor over the ranks. Each task's loss is then the mean over
+        the task's rows of the *global* batch, scaled so that the rank average DeepSpeed takes of the gradients
+        equals one process on the whole batch; the label statistics (pose scale, blockage counts) are global too,
+        so every rank keeps the same buffers. Every rank calls ``reduce`` exactly once per training step."""
         enc = {m: self.encoders[m](batch) for m in self.modalities if m in batch}
-        results, losses = {}, {}
+        rows = {}
         for t in self.cfg.tasks:
             inputs = [m for m in self.specs[t].inputs if m in enc]
-            if not inputs:
+            if inputs:
+                rows[t] = label_rows(t, batch) & torch.stack([batch["present"][m] for m in inputs]).any(0)
+        device = next(iter(enc.values())).pooled.device if enc else torch.device("cpu")
+        counts = torch.stack([rows[t].sum() if t in rows else torch.zeros((), device=device, dtype=torch.long)
+                              for t in self.cfg.tasks]).float()
+        world = 1.0
+        if self.training:
+            stats = torch.cat([counts, self.label_stats(batch, rows, device)])
+            if reduce is not None:
+                stats = reduce(stats)
+                world = float(reduce(torch.ones((), device=device)))
+            counts = stats[: len(self.cfg.tasks)]
+            self.observe(stats[len(self.cfg.tasks):])
+        results, losses = {}, {}
+        for i, t in enumerate(self.cfg.tasks):
+            n_local = int(rows[t].sum()) if t in rows else 0
+            if n_local == 0:
+                if counts[i] > 0:  # the task is in another rank's share: its log-variance term still counts
+                    losses[t] = counts.new_zeros(())
                 continue
-            rows = label_rows(t, batch) & torch.stack([batch["present"][m] for m in inputs]).any(0)
-            if not bool(rows.any()):
-                continue
-            label = self.target(t, batch, rows)
-            if t == "hpe" and self.training and not bool(self.hpe_bias_ready):
-                with torch.no_grad():
-                    self.heads["hpe"][-1].bias.copy_(label.mean(0))
-                    self.hpe_bias_ready.fill_(True)
-            out = self.task_forward(t, batch, enc, rows)
+            label = self.target(t, batch, rows[t])
+            out = self.task_forward(t, batch, enc, rows[t])
             kind = self.specs[t].kind
             if kind == "ce":
                 loss = F.cross_entropy(out, label)
             elif kind == "mse":
-                loss = F.mse_loss(out, label)
+                scale = self.hpe_scale.repeat(out.shape[-1] // 3)
+                loss = F.mse_loss(out / scale, label / scale)
             else:
-                loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label)
-            losses[t] = loss
-            results[t] = {"rows": rows, "output": out, "label": label, "loss": loss}
+                loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label, pos_weight=self.pos_weight())
+            losses[t] = loss * (n_local * world / counts[i]) if self.training else loss
+            results[t] = {"rows": rows[t], "output": out, "label": label, "loss": loss}
         total = self.loss(losses) if losses else sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         return total, results
+
+    def label_stats(self, batch: dict, rows: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Sums over this batch's labelled rows: pose count, Σx and Σx² per coordinate (17 x 3 each), blockage
+        negatives and positives (zeros for a task without rows)."""
+        stats = torch.zeros(1 + 2 * 51 + 2, device=device)
+        if "hpe" in rows and bool(rows["hpe"].any()):
+            kp = self.target("hpe", batch, rows["hpe"]).float()
+            stats[0], stats[1:52], stats[52:103] = len(kp), kp.sum(0), kp.pow(2).sum(0)
+        if "blockage" in rows and bool(rows["blockage"].any()):
+            y = self.target("blockage", batch, rows["blockage"])
+            stats[103], stats[104] = (y < 0.5).sum(), (y >= 0.5).sum()
+        return stats
+
+    @torch.no_grad()
+    def observe(self, stats: torch.Tensor) -> None:
+        """Data-dependent statistics from training labels (:meth:`label_stats`, summed over ranks): the pose
+        head's start and loss scale from the first batch with poses, the blockage class counts (running)."""
+        n = stats[0]
+        if "hpe" in self.heads and n > 0 and not bool(self.hpe_bias_ready):
+            mean = stats[1:52] / n
+            var = (stats[52:103] / n - mean.pow(2)).clamp(min=0)  # per coordinate, around the batch mean
+            self.heads["hpe"][-1].bias.copy_(mean)
+            self.hpe_scale.copy_(var.view(17, 3).mean(0).sqrt().clamp(min=0.02))
+            self.hpe_bias_ready.fill_(True)
+        self.blockage_counts += stats[103:105]
+
+    def pos_weight(self) -> torch.Tensor:
+        """negatives / positives among the blockage labels seen (1 before any positive), at most 20."""
+        neg, pos = self.blockage_counts
+        return (neg / pos).clamp(1.0, 20.0) if pos > 0 else torch.ones((), device=neg.device)
 
     @staticmethod
     def target(task: str, batch: dict, rows: torch.Tensor) -> torch.Tensor:

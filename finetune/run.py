@@ -1,4 +1,4 @@
-"""Stage two: ``python finetune/run.py --tasks all`` fine-tunes the gated-fusion + GPT-style backbone model
+"""Stage two: ``python finetune/run.py --tasks all`` (or ``deepspeed finetune/run.py --tasks all``) fine-tunes the gated-fusion + GPT-style backbone model
 on beam prediction, HAR, pose estimation and blockage prediction. With no other arguments it uses the
 built-in twin and SmolLM2-135M-Instruct with LoRA."""
 from __future__ import annotations
@@ -25,6 +25,9 @@ TOP_HELP = {
     "log_every": "steps between log lines", "stop_after_steps": "stop after this many steps (as if interrupted)",
     "fraction": "share of training labels used (0.1 = few-shot fine-tuning on 10 %%)",
     "encoders": "stage-one checkpoint (or run folder) to initialise the encoders; none = from scratch",
+    "engine": "auto: DeepSpeed when started by its launcher, else the plain loop; plain; deepspeed",
+    "ds_config": "DeepSpeed JSON (ZeRO, AdamW betas/eps, clipping; both engines read the optimizer settings)",
+    "zero_stage": "ZeRO stage (DeepSpeed engine)", "bf16": "auto (on GPU under DeepSpeed) / on / off",
 }
 
 
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     from finetune.train import train
     result = train(cfg)
+    if result["rank"] != 0:
+        return 0
     summary = {"step": result["step"], "checkpoint": result["checkpoint"], **result["metrics"]}
     (Path(cfg.out) / "result.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))

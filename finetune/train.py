@@ -21,7 +21,7 @@ from finetune.metrics import task_metrics
 from finetune.model import MMSenseModel
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
-from pretrain.train import log_record, lr_lambda, stream_config
+from pretrain.train import log_record, stream_config, to_device
 from shards.stream import make_loader
 
 
@@ -73,20 +73,21 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
              ) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
     """Per-task metrics on shard folders, plus the gathered outputs/labels/keys per task."""
     model.eval()
+    device = next(model.parameters()).device
     got: dict[str, dict[str, list]] = {}
     gates: dict[str, list] = {}
     n = 0
     for batch in make_loader(dirs, stream_config(cfg, 32, 0, False, cfg.model.binding.modalities)):
-        _, res = model(batch)
+        _, res = model(to_device(batch, device))
         for t, r in res.items():
             g = got.setdefault(t, {"output": [], "label": [], "key": [], "power": []})
-            rows = r["rows"]
-            g["output"].append(r["output"].float().numpy())
-            g["label"].append(r["label"].float().numpy())
+            rows = r["rows"].cpu()
+            g["output"].append(r["output"].float().cpu().numpy())
+            g["label"].append(r["label"].float().cpu().numpy())
             g["key"] += [k for k, keep in zip(batch["key"], rows.tolist()) if keep]
             if t == "beam":
                 g["power"].append(batch["beam"][rows].numpy())
-            gates.setdefault(t, []).append(model.last_gates[t].numpy())
+            gates.setdefault(t, []).append(model.last_gates[t].float().cpu().numpy())
         n += len(batch["key"])
         if max_samples and n >= max_samples:
             break
@@ -125,18 +126,27 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
     return out
 
 
-def save_checkpoint(model, opt, sched, cfg: FinetuneConfig, state: dict[str, Any], train_labels) -> Path:
+def save_checkpoint(engine, cfg: FinetuneConfig, state: dict[str, Any], train_labels) -> Path | None:
+    """Every rank writes its optimizer partition; rank 0 writes weights, config and trainer state."""
     ckpt = CheckpointDir(Path(cfg.out) / "checkpoints", f"step-{state['step']:06d}")
-    tmp = ckpt.begin()
-    from safetensors.torch import save_file
-    save_file(trainable_state(model), tmp / "model.safetensors")
-    (tmp / "config.json").write_text(json.dumps({"config": asdict(cfg), "versions": versions(), "kind": "finetune"},
-                                                indent=1, default=str))
-    save_state(tmp / "optimizer-rank0", {"base": opt.state_dict(), "fp32": []})
-    save_state(tmp / "trainer_state", {**state, "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                                       "train_labels": {t: [np.asarray(v).tolist() for v in vals]
-                                                        for t, vals in train_labels.items()}})
-    return ckpt.commit()
+    if engine.rank == 0:
+        ckpt.begin()
+    engine.barrier()
+    save_state(ckpt.tmp / f"optimizer-rank{engine.rank}", engine.optimizer_state())
+    if engine.rank == 0:
+        from safetensors.torch import save_file
+        save_file({k: v.float() if v.is_floating_point() else v for k, v in trainable_state(engine.module).items()},
+                  ckpt.tmp / "model.safetensors")
+        (ckpt.tmp / "config.json").write_text(json.dumps({"config": asdict(cfg), "versions": versions(), "kind": "finetune",
+                                                          "world_size": engine.world_size}, indent=1, default=str))
+        save_state(ckpt.tmp / "trainer_state", {**state, "scheduler": engine.scheduler.state_dict(),
+                                                "torch_rng": torch.get_rng_state(),
+                                                "train_labels": {t: [np.asarray(v).tolist() for v in vals]
+                                                                 for t, vals in train_labels.items()}})
+    engine.barrier()
+    final = ckpt.commit() if engine.rank == 0 else None
+    engine.barrier()
+    return final
 
 
 def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
@@ -145,13 +155,16 @@ def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
     cfg = from_dict(FinetuneConfig, json.loads((Path(ckpt) / "config.json").read_text())["config"])
     model = MMSenseModel(cfg.model)
     missing = model.load_state_dict(load_file(Path(ckpt) / "model.safetensors"), strict=False).missing_keys
-    bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)]  # base weights: from source
+    # base weights come from their source; the loss statistics (hpe_scale, blockage_counts) only shape training
+    bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k) and k not in ("hpe_scale", "blockage_counts")]
     if bad:
         raise ValueError(f"{ckpt}: checkpoint lacks {bad[:5]}")
     return model.eval(), cfg
 
 
 def train(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run stage two (plain loop or DeepSpeed, see finetune/engine.py); returns the last validation metrics."""
+    from finetune.engine import make_engine
     configure_tool_caches()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -159,10 +172,8 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.encoders:  # the encoders must be the ones stage one trained
         binding, _ = stage_one_binding(cfg.encoders)
         cfg.model.binding = binding
-    model = build_model(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    engine = make_engine(build_model(cfg), cfg)
+    model, rank = engine.module, engine.rank
     out = Path(cfg.out)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     train_labels: dict[str, list] = {}
@@ -172,25 +183,34 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         path = latest(out / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
         if path is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
+        saved_world = json.loads((path / "config.json").read_text()).get("world_size", 1)
+        if saved_world != engine.world_size:
+            raise ValueError(f"{path}: saved with {saved_world} ranks, resuming with {engine.world_size}; "
+                             "resume with the same number of ranks")
         from safetensors.torch import load_file
         model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-        opt.load_state_dict(load_state(path / "optimizer-rank0")["base"])
+        engine.load_optimizer_state(load_state(path / f"optimizer-rank{rank}"))
         saved = load_state(path / "trainer_state")
-        sched.load_state_dict(saved.pop("scheduler"))
+        engine.scheduler.load_state_dict(saved.pop("scheduler"))
         torch.set_rng_state(saved.pop("torch_rng"))
         train_labels = {t: [np.asarray(v) for v in vals] for t, vals in saved.pop("train_labels").items()}
         state = saved
-    out.mkdir(parents=True, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(out / "tb"))
+    writer = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tb"))
     log_path = out / "metrics.jsonl"
     metrics: dict[str, Any] = {}
     ckpt = None
     bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, initial=state["step"], desc="stage two", unit="step",
-               disable=None if cfg.progress else True)
+               disable=True if (rank != 0 or not cfg.progress) else None)
+    micro = cfg.batch_size // engine.world_size
+    if micro * engine.world_size != cfg.batch_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {engine.world_size} ranks")
     stopped = False
     for epoch in range(state["epoch"], cfg.epochs):
-        loader = make_loader(split_dirs(roots, "train"), stream_config(cfg, cfg.batch_size, epoch, True, cfg.model.binding.modalities))
+        loader = make_loader(split_dirs(roots, "train"), stream_config(cfg, micro, epoch, True, cfg.model.binding.modalities))
         skip = state["batch_in_epoch"] if epoch == state["epoch"] else 0
         t0 = time.perf_counter()
         for i, batch in enumerate(loader):
@@ -198,37 +218,36 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
                 break
             if i < skip:
                 continue
-            batch = keep_fraction(batch, cfg.fraction)
-            loss, res = model(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            loss, res = engine.step(keep_fraction(batch, cfg.fraction))
             for t, r in res.items():
-                train_labels.setdefault(t, []).extend(r["label"].detach().numpy())
+                train_labels.setdefault(t, []).extend(r["label"].detach().float().cpu().numpy())
             state.update(step=state["step"] + 1, epoch=epoch, batch_in_epoch=i + 1)
             bar.update(1)
-            if state["step"] % cfg.log_every == 0 or i + 1 == cfg.steps_per_epoch:
-                rec = {"step": state["step"], "epoch": epoch, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
+            if rank == 0 and (state["step"] % cfg.log_every == 0 or i + 1 == cfg.steps_per_epoch):
+                rec = {"step": state["step"], "epoch": epoch, "loss": float(loss), "lr": engine.lr(),
                        **{f"loss/{t}": float(r["loss"].detach()) for t, r in res.items()},
                        **{f"log_var/{t}": float(p.detach()) for t, p in model.loss.log_vars.items()},
                        **{f"gate/{t}/{m}": float(w) for t in model.last_gates
                           for m, w in zip([m for m in model.specs[t].inputs if m in model.modalities],
-                                          model.last_gates[t].mean(0).tolist())}}
+                                          model.last_gates[t].float().mean(0).tolist())}}
                 log_record(log_path, writer, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
             if cfg.stop_after_steps is not None and state["step"] >= cfg.stop_after_steps:
                 stopped = True
                 break
         if stopped:
-            ckpt = save_checkpoint(model, opt, sched, cfg, state, train_labels)
+            ckpt = save_checkpoint(engine, cfg, state, train_labels)
             break
         state.update(epoch=epoch + 1, batch_in_epoch=0)
-        metrics, arrays = evaluate(model, cfg, split_dirs(roots, "val"), cfg.val_max_samples)
-        metrics.update(baselines(train_labels, arrays))
-        log_record(log_path, writer, {"step": state["step"], "epoch": epoch, "seconds": time.perf_counter() - t0, **metrics})
-        ckpt = save_checkpoint(model, opt, sched, cfg, state, train_labels)
+        if rank == 0:  # validation on rank 0; baselines from the training labels this rank saw
+            with engine.autocast():
+                metrics, arrays = evaluate(model, cfg, split_dirs(roots, "val"), cfg.val_max_samples)
+            metrics.update(baselines(train_labels, arrays))
+            log_record(log_path, writer, {"step": state["step"], "epoch": epoch, "seconds": time.perf_counter() - t0,
+                                          **metrics})
+        engine.barrier()
+        ckpt = save_checkpoint(engine, cfg, state, train_labels)
     bar.close()
-    writer.close()
-    return {"metrics": metrics, "checkpoint": str(ckpt) if ckpt else None, "step": state["step"]}
+    if writer is not None:
+        writer.close()
+    return {"metrics": metrics, "checkpoint": str(ckpt) if ckpt else None, "step": state["step"], "rank": rank}

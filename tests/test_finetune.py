@@ -46,6 +46,30 @@ def test_forward_shapes_and_label_masks(tiny_backbone, mixed_shards):
     loss.backward()
 
 
+def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone, mixed_shards):
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone).model)
+    batch = _batch(mixed_shards, n=24)
+    batch["blockage"][:6] = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # 2 positives, 4 negatives
+    batch["blockage"][6:] = -1.0
+    batch["present"]["past_beam"][:6] = True
+    _, res = model(batch)
+    kp = res["hpe"]["label"].reshape(-1, 17, 3)
+    spread = (kp - kp.mean(0)).pow(2).mean((0, 1)).sqrt()
+    assert torch.allclose(model.hpe_scale, spread.clamp(min=0.02))
+    assert torch.allclose(model.heads["hpe"][-1].bias, res["hpe"]["label"].mean(0))
+    assert float(model.pos_weight()) == pytest.approx(2.0)
+    r = res["hpe"]  # the pose loss is the MSE in units of that spread
+    scale = model.hpe_scale.repeat(17)
+    assert float(r["loss"].detach()) == pytest.approx(float(((r["output"] - r["label"]) / scale).pow(2).mean()), rel=1e-5)
+    logit, y = res["blockage"]["output"].squeeze(-1), res["blockage"]["label"]
+    by_hand = -(2.0 * y * torch.log(torch.sigmoid(logit)) + (1 - y) * torch.log(1 - torch.sigmoid(logit))).mean()
+    assert float(res["blockage"]["loss"].detach()) == pytest.approx(float(by_hand), rel=1e-5)
+    model.eval()
+    model(batch)  # evaluation leaves the statistics alone
+    assert float(model.pos_weight()) == pytest.approx(2.0)
+
+
 def test_gating_gives_missing_modalities_zero_weight():
     gate = ModalityGating(8)
     pooled = torch.randn(2, 3, 8)
@@ -138,3 +162,72 @@ def test_export_matches_eager(tiny_backbone, mixed_shards):
     assert x[0].shape == (6, len(predictor.inputs)) and predictor(*x).shape == (6, 64)
     program = export(predictor, x)
     assert check(predictor, program, [batch], atol=1e-4) < 1e-4
+
+
+def _slice(batch: dict, keep) -> dict:
+    def take(v):
+        if isinstance(v, torch.Tensor):
+            return v[keep]
+        return [v[i] for i in keep] if isinstance(keep, list) else v[keep]
+    return {k: take(v) if not isinstance(v, dict) else {m: take(t) for m, t in v.items()} for k, v in batch.items()}
+
+
+def _deepspeed_worker(rank: int, world: int, port: int, root: str, backbone: str, out: str) -> None:
+    import os
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    from finetune.engine import DeepSpeedEngine
+    torch.manual_seed(0)
+    # ZeRO stage 0: after backward every rank holds the full rank-averaged gradient, comparable to one rank's
+    cfg = merge(_cfg(Path(backbone)), {"batch_size": 12, "lr": 1e-3, "warmup_steps": 0, "engine": "deepspeed",
+                                       "zero_stage": 0})
+    engine = DeepSpeedEngine(MMSenseModel(cfg.model), cfg)
+    picks = [s for sub in ("vehicles", "humans") for s in list(iter_samples(Path(root) / sub / "train", image_size=32))[:6]]
+    full = collate(picks, max_points=64, always=("image", "radar", "lidar", "gps", "past_beam", "beam", "wifi"),
+                   image_size=32)  # 6 vehicle scenes, then 6 human frames
+    per = 12 // world
+    local = _slice(full, slice(rank * per, (rank + 1) * per))
+    if world == 2:  # rank 0 has no pose label, rank 1 none of the vehicle tasks
+        assert not bool(local["has_keypoints"].any()) if rank == 0 else not bool((local["beam_label"] >= 0).any())
+    m = engine.module
+    loss, _ = m(local, reduce=engine._sum)
+    loss = loss + 0.0 * sum(p.sum() for p in engine.params)
+    engine.engine.backward(loss)
+    grads = [(n, p.grad.double()) for n, p in m.named_parameters() if p.requires_grad and p.grad is not None]
+    total = float(engine._sum(loss.detach())) / world  # every rank takes part in the sum
+    if rank == 0:
+        Path(out).write_text(json.dumps({
+            "loss": total,
+            "grad_sum": {n: float(g.sum()) for n, g in grads}, "grad_norm": {n: float(g.norm()) for n, g in grads},
+            "hpe_scale": m.hpe_scale.tolist(), "blockage_counts": m.blockage_counts.tolist(),
+            "hpe_bias": m.heads["hpe"][-1].bias.tolist()}))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_deepspeed_ranks_train_like_one(tiny_backbone, mixed_shards, tmp_path):
+    """Stage two under DeepSpeed: 2 ranks with half the batch each give the loss and the (rank-averaged)
+    gradient of 1 rank with the whole batch, although each rank lacks some tasks (per-task losses normalised
+    over the global batch, label statistics summed over ranks)."""
+    import socket
+
+    import torch.multiprocessing as mp
+    got = {}
+    for world in (1, 2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = tmp_path / f"{world}.json"
+        mp.start_processes(_deepspeed_worker, args=(world, port, str(mixed_shards), str(tiny_backbone), str(out)),
+                           nprocs=world, start_method="spawn", join=True)
+        got[world] = json.loads(out.read_text())
+    one, two = got[1], got[2]
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
+    for key in ("hpe_scale", "blockage_counts", "hpe_bias"):
+        assert np.allclose(one[key], two[key], rtol=1e-5, atol=1e-7), key
+    assert one["grad_norm"].keys() == two["grad_norm"].keys()
+    scale = max(one["grad_norm"].values())
+    for name in one["grad_norm"]:
+        assert one["grad_norm"][name] == pytest.approx(two["grad_norm"][name], rel=1e-3, abs=1e-6 * scale), name
+        assert one["grad_sum"][name] == pytest.approx(two["grad_sum"][name], rel=1e-3, abs=1e-6 * scale), name
+    assert one["grad_norm"]["loss.log_vars.hpe"] > 0 and one["grad_norm"]["heads.beam.1.weight"] > 0
