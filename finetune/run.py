@@ -1,6 +1,6 @@
-"""Stage two: ``python finetune/run.py --tasks all`` (or ``deepspeed finetune/run.py --tasks all``) fine-tunes the gated-fusion + GPT-style backbone model
-on beam prediction, HAR, pose estimation and blockage prediction. With no other arguments it uses the
-built-in twin and SmolLM2-135M-Instruct with LoRA."""
+"""Stage two: ``python finetune/run.py --tasks all`` (or ``deepspeed finetune/run.py --tasks all``) fine-tunes
+the gated-fusion + GPT-style backbone model on beam prediction, HAR, pose estimation and blockage prediction.
+With no other arguments it uses the built-in twin and SmolLM2-135M-Instruct with LoRA."""
 from __future__ import annotations
 
 import argparse

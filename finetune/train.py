@@ -156,7 +156,8 @@ def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
     model = MMSenseModel(cfg.model)
     missing = model.load_state_dict(load_file(Path(ckpt) / "model.safetensors"), strict=False).missing_keys
     # base weights come from their source; the loss statistics (hpe_scale, blockage_counts) only shape training
-    bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k) and k not in ("hpe_scale", "blockage_counts")]
+    bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)
+           and k not in ("hpe_scale", "blockage_counts")]
     if bad:
         raise ValueError(f"{ckpt}: checkpoint lacks {bad[:5]}")
     return model.eval(), cfg
