@@ -77,8 +77,34 @@ def encode_npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+
+
 def decode_npy(data: bytes, where: str = "<bytes>") -> np.ndarray:
-    """Load a ``.npy`` payload; object arrays (which would need pickle) are refused."""
+    """Load a ``.npy`` payload; object arrays (which would need pickle) are refused.
+
+    Shards repeat a handful of headers (one per array kind and shape), so a version-1.0 header is parsed once
+    by numpy and remembered: the streaming reader then spends its time on the data, not on ``literal_eval``.
+    """
+    if data[:8] == b"\x93NUMPY\x01\x00" and len(data) >= 10:
+        end = 10 + int.from_bytes(data[8:10], "little")
+        header = data[10:end]
+        known = _NPY_HEADERS.get(header)
+        if known is None:
+            arr = decode_npy_numpy(data, where)
+            if len(_NPY_HEADERS) < 4096:
+                _NPY_HEADERS[header] = (arr.dtype, arr.shape, bool(np.isfortran(arr) and arr.ndim > 1))
+            return arr
+        dtype, shape, fortran = known
+        count = int(np.prod(shape)) if shape else 1
+        if len(data) - end != count * dtype.itemsize:
+            raise DataError(where, f"not a plain .npy array (payload of {len(data) - end} bytes for shape {shape})")
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=end).copy()  # writable, like np.load
+        return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+    return decode_npy_numpy(data, where)
+
+
+def decode_npy_numpy(data: bytes, where: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:

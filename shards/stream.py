@@ -229,8 +229,13 @@ def make_loader(spec: str | Path | Sequence[str | Path], cfg: StreamConfig,
     workers."""
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     dataset = make_dataset([shard_urls(s) for s in specs], cfg, counter)
-    return DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
+    # batches are already collated in the workers: no default_convert pass over every nested meta value
+    return DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, collate_fn=_as_is,
                       persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
 
 
 def iter_samples(spec: str | Path | Sequence[str | Path], image_size: int = 64,

@@ -216,3 +216,25 @@ def test_pinning_by_a_part_of_the_group_name(tmp_path):
     records = DeepSenseReader().index(tmp_path)
     held = assign_splits(records, "sequence", (0.8, 0.2, 0.0), held_out={"test": ["scenario7"]})
     assert len(held["test"]) == len(records) and not held["train"]
+
+
+def test_npy_decoding_matches_numpy_and_rejects_bad_payloads():
+    from shards.errors import DataError
+    from shards.schema import decode_npy, encode_npy
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32),
+              np.asfortranarray(rng.normal(size=(4, 6))), np.arange(5, dtype="<i8"), np.float32(2.5).reshape(())]
+    for _ in range(2):  # the second pass uses the remembered headers
+        for arr in arrays:
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            got = decode_npy(buf.getvalue())
+            assert got.dtype == arr.dtype and got.shape == arr.shape and np.array_equal(got, arr)
+            assert got.flags.writeable
+    data = encode_npy(arrays[0])
+    with pytest.raises(DataError, match="payload"):
+        decode_npy(data[:-4], "x/radar.npy")
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="not a plain .npy"):
+        decode_npy(buf.getvalue(), "x/evil.npy")
