@@ -104,11 +104,12 @@ class MMSenseModel(nn.Module):
                                     for t in cfg.tasks})
         self.loss = UncertaintyLoss(cfg.tasks)
         self.specs = specs
-        # the pose head starts at the mean pose of the first training batch (keypoints are metres in the
-        # sensor frame, far from 0) and its loss is measured in units of that batch's per-axis spread, so the
-        # pose loss starts near 1 like the others instead of ~0.05 m² (Eq. 14 would take thousands of steps to
-        # re-weight it); both are data-dependent and saved with the weights
+        # the pose head predicts keypoints in units of the first training batch's per-axis spread around its
+        # mean pose (keypoints are metres in the sensor frame, far from 0): pose = hpe_mean + hpe_scale * head,
+        # so the pose loss starts near 1 like the others instead of ~0.05 m² (Eq. 14 would take thousands of
+        # steps to re-weight it). Buffers, not weights: no optimizer copy can go stale (ZeRO keeps fp32 copies)
         self.register_buffer("hpe_bias_ready", torch.tensor(False))
+        self.register_buffer("hpe_mean", torch.zeros(17 * 3))
         self.register_buffer("hpe_scale", torch.ones(3))
         # running label counts of the blockage task: the positive class (a rare event) is weighted by
         # negatives/positives in its cross-entropy, else the head settles on "never blocked"
@@ -162,12 +163,12 @@ class MMSenseModel(nn.Module):
                               for t in self.cfg.tasks]).float()
         world = 1.0
         if self.training:
-            stats = torch.cat([counts, self.label_stats(batch, rows, device)])
+            stats = torch.cat([counts, self.label_stats(batch, rows, device), torch.ones(1, device=device)])
             if reduce is not None:
-                stats = reduce(stats)
-                world = float(reduce(torch.ones((), device=device)))
+                stats = reduce(stats)  # the last entry becomes the number of ranks
+                world = float(stats[-1])
             counts = stats[: len(self.cfg.tasks)]
-            self.observe(stats[len(self.cfg.tasks):])
+            self.observe(stats[len(self.cfg.tasks):-1])
         results, losses = {}, {}
         for i, t in enumerate(self.cfg.tasks):
             n_local = int(rows[t].sum()) if t in rows else 0
@@ -180,9 +181,10 @@ class MMSenseModel(nn.Module):
             kind = self.specs[t].kind
             if kind == "ce":
                 loss = F.cross_entropy(out, label)
-            elif kind == "mse":
-                scale = self.hpe_scale.repeat(out.shape[-1] // 3)
-                loss = F.mse_loss(out / scale, label / scale)
+            elif kind == "mse":  # in units of the pose spread; the output is returned in metres
+                scale = self.hpe_scale.to(out.dtype).repeat(out.shape[-1] // 3)
+                loss = F.mse_loss(out, (label - self.hpe_mean) / scale)
+                out = self.hpe_mean + out * scale
             else:
                 loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label, pos_weight=self.pos_weight())
             losses[t] = loss * (n_local * world / counts[i]) if self.training else loss
@@ -205,12 +207,12 @@ class MMSenseModel(nn.Module):
     @torch.no_grad()
     def observe(self, stats: torch.Tensor) -> None:
         """Data-dependent statistics from training labels (:meth:`label_stats`, summed over ranks): the pose
-        head's start and loss scale from the first batch with poses, the blockage class counts (running)."""
+        output's offset and scale from the first batch with poses, the blockage class counts (running)."""
         n = stats[0]
         if "hpe" in self.heads and n > 0 and not bool(self.hpe_bias_ready):
             mean = stats[1:52] / n
             var = (stats[52:103] / n - mean.pow(2)).clamp(min=0)  # per coordinate, around the batch mean
-            self.heads["hpe"][-1].bias.copy_(mean)
+            self.hpe_mean.copy_(mean)
             self.hpe_scale.copy_(var.view(17, 3).mean(0).sqrt().clamp(min=0.02))
             self.hpe_bias_ready.fill_(True)
         self.blockage_counts += stats[103:105]

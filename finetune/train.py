@@ -155,9 +155,7 @@ def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
     cfg = from_dict(FinetuneConfig, json.loads((Path(ckpt) / "config.json").read_text())["config"])
     model = MMSenseModel(cfg.model)
     missing = model.load_state_dict(load_file(Path(ckpt) / "model.safetensors"), strict=False).missing_keys
-    # base weights come from their source; the loss statistics (hpe_scale, blockage_counts) only shape training
-    bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)
-           and k not in ("hpe_scale", "blockage_counts")]
+    bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)]  # base weights: from source
     if bad:
         raise ValueError(f"{ckpt}: checkpoint lacks {bad[:5]}")
     return model.eval(), cfg

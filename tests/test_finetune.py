@@ -56,12 +56,12 @@ def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone,
     _, res = model(batch)
     kp = res["hpe"]["label"].reshape(-1, 17, 3)
     spread = (kp - kp.mean(0)).pow(2).mean((0, 1)).sqrt()
-    assert torch.allclose(model.hpe_scale, spread.clamp(min=0.02))
-    assert torch.allclose(model.heads["hpe"][-1].bias, res["hpe"]["label"].mean(0))
+    assert torch.allclose(model.hpe_scale, spread.clamp(min=0.02), rtol=1e-4)
+    assert torch.allclose(model.hpe_mean, res["hpe"]["label"].mean(0), atol=1e-6)
     assert float(model.pos_weight()) == pytest.approx(2.0)
-    r = res["hpe"]  # the pose loss is the MSE in units of that spread
+    r = res["hpe"]  # the pose loss is the MSE in units of that spread; the output is in metres
     scale = model.hpe_scale.repeat(17)
-    assert float(r["loss"].detach()) == pytest.approx(float(((r["output"] - r["label"]) / scale).pow(2).mean()), rel=1e-5)
+    assert float(r["loss"].detach()) == pytest.approx(float(((r["output"] - r["label"]) / scale).pow(2).mean()), rel=1e-4)
     logit, y = res["blockage"]["output"].squeeze(-1), res["blockage"]["label"]
     by_hand = -(2.0 * y * torch.log(torch.sigmoid(logit)) + (1 - y) * torch.log(1 - torch.sigmoid(logit))).mean()
     assert float(res["blockage"]["loss"].detach()) == pytest.approx(float(by_hand), rel=1e-5)
@@ -200,7 +200,7 @@ def _deepspeed_worker(rank: int, world: int, port: int, root: str, backbone: str
             "loss": total,
             "grad_sum": {n: float(g.sum()) for n, g in grads}, "grad_norm": {n: float(g.norm()) for n, g in grads},
             "hpe_scale": m.hpe_scale.tolist(), "blockage_counts": m.blockage_counts.tolist(),
-            "hpe_bias": m.heads["hpe"][-1].bias.tolist()}))
+            "hpe_mean": m.hpe_mean.tolist()}))
     torch.distributed.destroy_process_group()
 
 
@@ -223,7 +223,7 @@ def test_two_deepspeed_ranks_train_like_one(tiny_backbone, mixed_shards, tmp_pat
         got[world] = json.loads(out.read_text())
     one, two = got[1], got[2]
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
-    for key in ("hpe_scale", "blockage_counts", "hpe_bias"):
+    for key in ("hpe_scale", "blockage_counts", "hpe_mean"):
         assert np.allclose(one[key], two[key], rtol=1e-5, atol=1e-7), key
     assert one["grad_norm"].keys() == two["grad_norm"].keys()
     scale = max(one["grad_norm"].values())
