@@ -55,6 +55,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
     add("--no-progress", False, action="store_true", help="no progress bar")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # launcher's
     return p
 
 
