@@ -231,3 +231,16 @@ def test_two_deepspeed_ranks_train_like_one(tiny_backbone, mixed_shards, tmp_pat
         assert one["grad_norm"][name] == pytest.approx(two["grad_norm"][name], rel=1e-3, abs=1e-6 * scale), name
         assert one["grad_sum"][name] == pytest.approx(two["grad_sum"][name], rel=1e-3, abs=1e-6 * scale), name
     assert one["grad_norm"]["loss.log_vars.hpe"] > 0 and one["grad_norm"]["heads.beam.1.weight"] > 0
+
+
+def test_engine_choice(monkeypatch):
+    from finetune.engine import wants_deepspeed
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("AIRBIND_SELF_GROUP", raising=False)
+    assert not wants_deepspeed("auto") and wants_deepspeed("deepspeed")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # started by the DeepSpeed launcher
+    assert wants_deepspeed("auto") and not wants_deepspeed("plain")
+    monkeypatch.setenv("AIRBIND_SELF_GROUP", "1")  # the group stage one sets up by itself in this process
+    assert not wants_deepspeed("auto")
+    with pytest.raises(ValueError, match="engine"):
+        wants_deepspeed("ddp")
