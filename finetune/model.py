@@ -113,7 +113,7 @@ class MMSenseModel(nn.Module):
         self.register_buffer("hpe_scale", torch.ones(3))
         # running label counts of the blockage task: the positive class (a rare event) is weighted by
         # negatives/positives in its cross-entropy, else the head settles on "never blocked"
-        self.register_buffer("blockage_counts", torch.zeros(2))
+        self.register_buffer("blockage_counts", torch.zeros(2, dtype=torch.long))  # integer: bf16 would stall
         self.last_gates: dict[str, torch.Tensor] = {}
 
     def task_forward(self, task: str, batch: dict, enc: dict, rows: torch.Tensor) -> torch.Tensor:
@@ -215,12 +215,12 @@ class MMSenseModel(nn.Module):
             self.hpe_mean.copy_(mean)
             self.hpe_scale.copy_(var.view(17, 3).mean(0).sqrt().clamp(min=0.02))
             self.hpe_bias_ready.fill_(True)
-        self.blockage_counts += stats[103:105]
+        self.blockage_counts += stats[103:105].round().long()
 
     def pos_weight(self) -> torch.Tensor:
         """negatives / positives among the blockage labels seen (1 before any positive), at most 20."""
-        neg, pos = self.blockage_counts
-        return (neg / pos).clamp(1.0, 20.0) if pos > 0 else torch.ones((), device=neg.device)
+        neg, pos = self.blockage_counts.double()
+        return (neg / pos).clamp(1.0, 20.0).float() if pos > 0 else torch.ones((), device=neg.device)
 
     @staticmethod
     def target(task: str, batch: dict, rows: torch.Tensor) -> torch.Tensor:
