@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pretrain.train import REPO_ROOT, ds_config, lr_lambda, to_device
+from pretrain.train import REPO_ROOT, ds_config, load_optimizer_state, lr_lambda, optimizer_state, to_device
 
 
 def wants_deepspeed(engine: str) -> bool:
@@ -115,16 +115,10 @@ class DeepSpeedEngine:
         return self.engine.lr_scheduler.get_last_lr()[0]
 
     def optimizer_state(self) -> dict[str, Any]:
-        opt = self.engine.optimizer
-        base = getattr(opt, "optimizer", opt)
-        fp32 = [t.detach().clone() for t in getattr(opt, "single_partition_of_fp32_groups", [])]
-        return {"base": base.state_dict(), "fp32": fp32}
+        return optimizer_state(self.engine)
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
-        opt = self.engine.optimizer
-        getattr(opt, "optimizer", opt).load_state_dict(state["base"])
-        for dst, src in zip(getattr(opt, "single_partition_of_fp32_groups", []), state["fp32"]):
-            dst.data.copy_(src)
+        load_optimizer_state(self.engine, state)
 
     @property
     def scheduler(self):

@@ -122,9 +122,7 @@ def save_checkpoint(engine, cfg: PretrainConfig, info: DistInfo, state: dict[str
     if info.rank == 0:
         ckpt.begin()
     dist.barrier()
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    fp32 = [t.detach().clone() for t in getattr(engine.optimizer, "single_partition_of_fp32_groups", [])]
-    save_state(ckpt.tmp / f"optimizer-rank{info.rank}", {"base": base.state_dict(), "fp32": fp32})
+    save_state(ckpt.tmp / f"optimizer-rank{info.rank}", optimizer_state(engine))
     if info.rank == 0:
         from safetensors.torch import save_file
         model_state = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
@@ -139,6 +137,19 @@ def save_checkpoint(engine, cfg: PretrainConfig, info: DistInfo, state: dict[str
     return final
 
 
+def optimizer_state(engine) -> dict[str, Any]:
+    """This rank's optimizer state of a DeepSpeed engine: the base optimizer and ZeRO's fp32 partitions."""
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    fp32 = [t.detach().clone() for t in getattr(engine.optimizer, "single_partition_of_fp32_groups", [])]
+    return {"base": base.state_dict(), "fp32": fp32}
+
+
+def load_optimizer_state(engine, state: dict[str, Any]) -> None:
+    getattr(engine.optimizer, "optimizer", engine.optimizer).load_state_dict(state["base"])
+    for dst, src in zip(getattr(engine.optimizer, "single_partition_of_fp32_groups", []), state["fp32"]):
+        dst.data.copy_(src)
+
+
 def load_checkpoint(engine, path: Path, info: DistInfo) -> dict[str, Any]:
     conf = json.loads((path / "config.json").read_text())
     if conf["world_size"] != info.world_size:
@@ -146,11 +157,7 @@ def load_checkpoint(engine, path: Path, info: DistInfo) -> dict[str, Any]:
                          "resume with the same number of ranks")
     from airbind.checkpoint import load_model_weights
     load_model_weights(engine.module, path)
-    opt = load_state(path / f"optimizer-rank{info.rank}")
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    base.load_state_dict(opt["base"])
-    for dst, src in zip(getattr(engine.optimizer, "single_partition_of_fp32_groups", []), opt["fp32"]):
-        dst.data.copy_(src)
+    load_optimizer_state(engine, load_state(path / f"optimizer-rank{info.rank}"))
     state = load_state(path / "trainer_state")
     engine.lr_scheduler.load_state_dict(state.pop("scheduler"))
     torch.set_rng_state(state.pop("torch_rng"))
