@@ -14,8 +14,11 @@ from encoders.base import EncoderConfig, EncoderOutput, register, zero_absent
 
 
 def knn(query: torch.Tensor, ref: torch.Tensor, ref_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (B, M, k) of the k nearest valid reference points, and which of them are valid."""
-    d = torch.cdist(query, ref)
+    """Indices (B, M, k) of the k nearest valid reference points, and which of them are valid.
+
+    Squared distances as |q|^2 + |r|^2 - 2 q.r (one matmul; ``torch.cdist`` has no ONNX export)."""
+    d = (query.pow(2).sum(-1, keepdim=True) + ref.pow(2).sum(-1)[:, None, :]
+         - 2.0 * query @ ref.transpose(1, 2)).clamp_min(0.0)
     d = d.masked_fill(~ref_mask[:, None, :], float("inf"))
     k = min(k, ref.shape[1])
     dist, idx = d.topk(k, dim=-1, largest=False)

@@ -65,6 +65,25 @@ def test_temperature_is_clamped_at_100():
     assert float(model.logit_scale.exp()) == pytest.approx(100.0, rel=1e-5)
 
 
+def test_knn_picks_the_nearest_valid_points():
+    """The Point Transformer's neighbour search equals a brute-force search and never picks padding."""
+    from encoders.points import knn
+    rng = np.random.default_rng(0)
+    query, ref = rng.normal(size=(2, 6, 3)) * 5, rng.normal(size=(2, 10, 3)) * 5
+    mask = np.ones((2, 10), bool)
+    mask[0, 7:] = False          # a padded cloud
+    mask[1, 3:] = False          # fewer valid points than k
+    idx, valid = knn(torch.tensor(query, dtype=torch.float32), torch.tensor(ref, dtype=torch.float32),
+                     torch.tensor(mask), k=4)
+    for b in range(2):
+        for i in range(6):
+            d = np.linalg.norm(ref[b] - query[b, i], axis=1)
+            d[~mask[b]] = np.inf
+            n_valid = min(4, int(mask[b].sum()))
+            assert list(idx[b, i, :n_valid]) == list(np.argsort(d)[:n_valid])
+            assert valid[b, i].tolist() == [True] * n_valid + [False] * (4 - n_valid)
+
+
 def test_anchor_pairs_bind_each_sample_to_its_source_anchor():
     t, f = True, False
     present = {"image": torch.tensor([t, t, t]), "beam": torch.tensor([t, f, f]), "wifi": torch.tensor([f, t, f]),
