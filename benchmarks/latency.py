@@ -1,5 +1,6 @@
 """Beam-prediction latency of the default stage-two model at batch 1 and 64 (p50 / p99), eager next to the
-``torch.export`` program of finetune/export.py (checked equal to eager) and ``torch.compile``.
+``torch.export`` program and the ONNX Runtime model of finetune/export.py (both checked equal to eager) and
+``torch.compile``.
 Targets: p50 ≤ 20 ms at batch 1 on a 2-core CPU, ≤ 2 ms on an H100.
 
 ``python benchmarks/latency.py [CHECKPOINT] [--repeats 30]``
@@ -30,11 +31,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime export (≈ 2 min per batch size)")
     a = p.parse_args(argv)
     from airbind.checkpoint import latest
     from airbind.paths import configure_tool_caches
     from evaluation.common import roots_for
-    from finetune.export import BeamPredictor, check, example_batches, export
+    import tempfile
+    from finetune.export import BeamPredictor, OnnxBeamPredictor, check, example_batches, export, to_onnx
     from finetune.train import load_model
     from pretrain.data import resolve_data, split_dirs
     configure_tool_caches()
@@ -62,6 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.inference_mode():
             timed(lambda: exported(*x), 3)
             res["torch.export"] = percentiles(timed(lambda: exported(*x), a.repeats))
+        if not a.no_onnx:
+            with tempfile.TemporaryDirectory() as tmp:
+                runner = OnnxBeamPredictor(to_onnx(program, Path(tmp) / "beam.onnx"))
+            res["onnx_max_abs_diff"] = check(predictor, runner, [batch])
+            timed(lambda: runner(*x), 3)
+            res["onnxruntime"] = percentiles(timed(lambda: runner(*x), a.repeats))
         if not a.no_compile:
             try:
                 compiled = torch.compile(predictor)

@@ -26,9 +26,9 @@ def _cfg(backbone: Path, **model) -> FinetuneConfig:
     return merge(cfg, {"model": {"backbone": {"name": str(backbone), "layers": None}, **model}})
 
 
-def _batch(root: Path, n: int = 12, modalities=None) -> dict:
+def _batch(root: Path, n: int = 12, modalities=None, offset: int = 0) -> dict:
     samples = [s for sub in ("vehicles", "humans") for s in iter_samples(root / sub / "train", image_size=32)]
-    pick = [samples[i] for i in np.random.default_rng(1).permutation(len(samples))[:n]]
+    pick = [samples[i] for i in np.random.default_rng(1).permutation(len(samples))[offset:offset + n]]
     mods = modalities or ("image", "radar", "lidar", "gps", "past_beam", "beam", "wifi")
     return collate(pick, max_points=64, always=tuple(mods), image_size=32)
 
@@ -151,17 +151,35 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
     assert beam_rows and all(0 <= r["prediction"]["beam"] < 64 for r in beam_rows)
 
 
-def test_export_matches_eager(tiny_backbone, mixed_shards):
-    """finetune/export.py: the torch.export program of the beam path gives the eager model's logits."""
-    from finetune.export import BeamPredictor, check, export
+def _export_case(tiny_backbone, mixed_shards):
+    from finetune.export import BeamPredictor, export
     torch.manual_seed(0)
     model = MMSenseModel(_cfg(tiny_backbone).model).eval()
     predictor = BeamPredictor(model, max_points=64)
     batch = _batch(mixed_shards, n=6)
     x = predictor.flatten(batch)
     assert x[0].shape == (6, len(predictor.inputs)) and predictor(*x).shape == (6, 64)
-    program = export(predictor, x)
-    assert check(predictor, program, [batch], atol=1e-4) < 1e-4
+    return predictor, export(predictor, x), [batch, _batch(mixed_shards, n=6, offset=6)]
+
+
+def test_export_matches_eager(tiny_backbone, mixed_shards):
+    """finetune/export.py: the torch.export program of the beam path gives the eager model's logits, also on a
+    batch it was not traced with."""
+    from finetune.export import check
+    predictor, program, batches = _export_case(tiny_backbone, mixed_shards)
+    assert check(predictor, program, batches, atol=1e-4) < 1e-4
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_eager(tiny_backbone, mixed_shards, tmp_path):
+    """The ONNX Runtime model of the beam path gives the eager model's logits; a broken file is named."""
+    from finetune.export import OnnxBeamPredictor, check, to_onnx
+    predictor, program, batches = _export_case(tiny_backbone, mixed_shards)
+    runner = OnnxBeamPredictor(to_onnx(program, tmp_path / "beam.onnx", optimize=False))
+    assert check(predictor, runner, batches, atol=1e-4) < 1e-4
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="broken.onnx"):
+        OnnxBeamPredictor(tmp_path / "broken.onnx")
 
 
 def _slice(batch: dict, keep) -> dict:
