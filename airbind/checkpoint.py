@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -97,6 +97,25 @@ class CheckpointDir:
         os.replace(self.tmp, self.final)
         (self.root / "latest").write_text(self.name + "\n")
         return self.final
+
+
+def write_by_ranks(root: Path, name: str, rank: int, barrier: Callable[[], None],
+                   every_rank: Callable[[Path], None], rank_zero: Callable[[Path], None]) -> Path | None:
+    """One checkpoint written by all ranks: rank 0 opens the partial directory, every rank adds its own files
+    (``every_rank(dir)``: its optimizer partition), rank 0 the shared ones (``rank_zero(dir)``: weights, config,
+    trainer state), then rank 0 commits it. Ranks wait for each other between the steps, so no rank leaves
+    before the checkpoint is complete. Returns the final directory on rank 0, None on the others."""
+    ckpt = CheckpointDir(root, name)
+    if rank == 0:
+        ckpt.begin()
+    barrier()
+    every_rank(ckpt.tmp)
+    if rank == 0:
+        rank_zero(ckpt.tmp)
+    barrier()
+    final = ckpt.commit() if rank == 0 else None
+    barrier()
+    return final
 
 
 def latest(root: Path) -> Path | None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from airbind.checkpoint import CheckpointDir, latest, load_model_weights, load_state, save_state, versions
+from airbind.checkpoint import latest, load_model_weights, load_state, save_state, versions, write_by_ranks
 from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import task_metrics
@@ -128,25 +128,18 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
 
 def save_checkpoint(engine, cfg: FinetuneConfig, state: dict[str, Any], train_labels) -> Path | None:
     """Every rank writes its optimizer partition; rank 0 writes weights, config and trainer state."""
-    ckpt = CheckpointDir(Path(cfg.out) / "checkpoints", f"step-{state['step']:06d}")
-    if engine.rank == 0:
-        ckpt.begin()
-    engine.barrier()
-    save_state(ckpt.tmp / f"optimizer-rank{engine.rank}", engine.optimizer_state())
-    if engine.rank == 0:
+    def shared(tmp: Path) -> None:
         from safetensors.torch import save_file
         save_file({k: v.float() if v.is_floating_point() else v for k, v in trainable_state(engine.module).items()},
-                  ckpt.tmp / "model.safetensors")
-        (ckpt.tmp / "config.json").write_text(json.dumps({"config": asdict(cfg), "versions": versions(), "kind": "finetune",
-                                                          "world_size": engine.world_size}, indent=1, default=str))
-        save_state(ckpt.tmp / "trainer_state", {**state, "scheduler": engine.scheduler.state_dict(),
-                                                "torch_rng": torch.get_rng_state(),
-                                                "train_labels": {t: [np.asarray(v).tolist() for v in vals]
-                                                                 for t, vals in train_labels.items()}})
-    engine.barrier()
-    final = ckpt.commit() if engine.rank == 0 else None
-    engine.barrier()
-    return final
+                  tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps({"config": asdict(cfg), "versions": versions(), "kind": "finetune",
+                                                     "world_size": engine.world_size}, indent=1, default=str))
+        save_state(tmp / "trainer_state", {**state, "scheduler": engine.scheduler.state_dict(),
+                                           "torch_rng": torch.get_rng_state(),
+                                           "train_labels": {t: [np.asarray(v).tolist() for v in vals]
+                                                            for t, vals in train_labels.items()}})
+    return write_by_ranks(Path(cfg.out) / "checkpoints", f"step-{state['step']:06d}", engine.rank, engine.barrier,
+                          lambda tmp: save_state(tmp / f"optimizer-rank{engine.rank}", engine.optimizer_state()), shared)
 
 
 def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:

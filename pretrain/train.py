@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from airbind.checkpoint import CheckpointDir, latest, load_state, save_state, versions
+from airbind.checkpoint import latest, load_state, save_state, versions, write_by_ranks
 from airbind.paths import REPO_ROOT, configure_tool_caches
 from pretrain.config import PretrainConfig
 from pretrain.data import resolve_data, split_dirs
@@ -118,23 +118,16 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
 
 def save_checkpoint(engine, cfg: PretrainConfig, info: DistInfo, state: dict[str, Any], name: str) -> Path | None:
     """Every rank writes its optimizer partition; rank 0 writes weights, config and trainer state."""
-    ckpt = CheckpointDir(Path(cfg.out) / "checkpoints", name)
-    if info.rank == 0:
-        ckpt.begin()
-    dist.barrier()
-    save_state(ckpt.tmp / f"optimizer-rank{info.rank}", optimizer_state(engine))
-    if info.rank == 0:
+    def shared(tmp: Path) -> None:
         from safetensors.torch import save_file
         model_state = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
-        save_file(model_state, ckpt.tmp / "model.safetensors")
+        save_file(model_state, tmp / "model.safetensors")
         conf = {"config": asdict(cfg), "versions": versions(), "world_size": info.world_size, "kind": "pretrain"}
-        (ckpt.tmp / "config.json").write_text(json.dumps(conf, indent=1, default=str))
-        save_state(ckpt.tmp / "trainer_state", {**state, "scheduler": engine.lr_scheduler.state_dict(),
-                                                "torch_rng": torch.get_rng_state()})
-    dist.barrier()
-    final = ckpt.commit() if info.rank == 0 else None
-    dist.barrier()
-    return final
+        (tmp / "config.json").write_text(json.dumps(conf, indent=1, default=str))
+        save_state(tmp / "trainer_state", {**state, "scheduler": engine.lr_scheduler.state_dict(),
+                                           "torch_rng": torch.get_rng_state()})
+    return write_by_ranks(Path(cfg.out) / "checkpoints", name, info.rank, dist.barrier,
+                          lambda tmp: save_state(tmp / f"optimizer-rank{info.rank}", optimizer_state(engine)), shared)
 
 
 def optimizer_state(engine) -> dict[str, Any]:
