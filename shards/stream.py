@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from shards.errors import DataError
 from shards.schema import META_KEY, MODALITY_KEYS, NUM_KEYPOINTS, decode_npy
+from shards.tarstream import tar_samples
 
 POINT_WIDTH = {"radar": 5, "lidar": 4}
 # shapes used to zero-fill a modality that no sample of a batch has (see StreamConfig.always)
@@ -206,12 +207,12 @@ def make_dataset(groups: Sequence[Sequence[str]], cfg: StreamConfig, counter: Sk
     decode = wds.map(lambda raw: decode_sample(raw, cfg.image_size), handler=handler)
     if cfg.resampled:
         streams = [wds.DataPipeline(wds.ResampledShards(list(urls), seed=cfg.seed, deterministic=True),
-                                    wds.tarfile_to_samples(handler=handler), decode) for urls in groups]
+                                    tar_samples(handler=handler), decode) for urls in groups]
         stages: list[Any] = [streams[0] if len(streams) == 1 else _Mix(streams, [1.0] * len(streams), cfg.seed)]
     else:
         urls = [u for g in groups for u in g]
         stages = [wds.SimpleShardList(urls)] + ([wds.split_by_node] if cfg.split_nodes else []) + \
-            [wds.split_by_worker, wds.tarfile_to_samples(handler=handler), decode]
+            [wds.split_by_worker, tar_samples(handler=handler), decode]
     if cfg.shuffle_buffer > 0:
         stages.append(wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), seed=cfg.seed))
     stages.append(wds.batched(cfg.batch_size, collation_fn=lambda s: collate(s, cfg.max_points, cfg.always,
@@ -243,6 +244,6 @@ def iter_samples(spec: str | Path | Sequence[str | Path], image_size: int = 64,
     """Every decoded sample of the shards in order (single process; for checks and evaluation)."""
     cfg = StreamConfig(image_size=image_size, shuffle_buffer=0)
     handler = counter or SkipCounter()
-    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(spec)), wds.tarfile_to_samples(handler=handler),
+    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(spec)), tar_samples(handler=handler),
                                 wds.map(lambda raw: decode_sample(raw, cfg.image_size), handler=handler))
     yield from pipeline

@@ -238,3 +238,37 @@ def test_npy_decoding_matches_numpy_and_rejects_bad_payloads():
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="not a plain .npy"):
         decode_npy(buf.getvalue(), "x/evil.npy")
+
+
+def test_lean_tar_reader_matches_tarfile(tmp_path):
+    """shards/tarstream.py reads our ustar shards, pax and GNU long names and base-256 sizes as tarfile
+    does, skips directories, and names the shard when a header is corrupt."""
+    from shards.tarstream import TarFormatError, _number, iter_members
+    _write_mmfi(tmp_path, frames=2)
+    shard = sorted((tmp_path / "shards/train").glob("*.tar"))[0]
+    with open(shard, "rb") as f:
+        got = list(iter_members(f, str(shard)))
+    with tarfile.open(shard) as tar:
+        assert got == [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isreg()]
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            for name, data in (("s/" + "x" * 150 + ".meta.json", b"{}"), ("s/ü.beam.npy", b"abc")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            tar.addfile(_dir_info())  # not a regular file: skipped
+        buf.seek(0)
+        assert list(iter_members(buf, "mem.tar")) == [("s/" + "x" * 150 + ".meta.json", b"{}"), ("s/ü.beam.npy", b"abc")]
+    assert _number(bytes([0x80]) + (2**40).to_bytes(11, "big")) == 2**40
+    data = bytearray(shard.read_bytes())
+    data[130] ^= 0x01  # a flipped bit in the first member's size field
+    with pytest.raises(TarFormatError, match="checksum") as err:
+        list(iter_members(io.BytesIO(bytes(data)), str(shard)))
+    assert shard.name in str(err.value)
+
+
+def _dir_info() -> tarfile.TarInfo:
+    info = tarfile.TarInfo("folder")
+    info.type = tarfile.DIRTYPE
+    return info
