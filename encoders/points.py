@@ -36,16 +36,17 @@ def farthest_point_sampling(p: torch.Tensor, mask: torch.Tensor, m: int) -> tupl
     """Indices (B, m) of farthest-point samples among valid points; the mask marks real picks
     (a cloud with n < m valid points has n real picks)."""
     b, n, _ = p.shape
-    idx = torch.zeros(b, m, dtype=torch.long, device=p.device)
+    # padded points start at -1 and stay there (every distance is >= 0), so they are never the farthest
     best = torch.full((b, n), float("inf"), device=p.device).masked_fill(~mask, -1.0)
-    current = mask.float().argmax(dim=1)  # first valid point (0 if none)
-    for j in range(m):
-        idx[:, j] = current
-        d = (p - p[torch.arange(b), current][:, None]).pow(2).sum(-1)
-        best = torch.minimum(best, d).masked_fill(~mask, -1.0)
-        current = best.argmax(dim=1)
+    current = mask.float().argmax(dim=1, keepdim=True)  # (B, 1): first valid point (0 if none)
+    picks = []
+    for _ in range(m):
+        picks.append(current)
+        centre = p.gather(1, current[..., None].expand(-1, -1, p.shape[-1]))  # (B, 1, 3)
+        best = torch.minimum(best, (p - centre).pow(2).sum(-1))
+        current = best.argmax(dim=1, keepdim=True)
     picked = torch.arange(m, device=p.device)[None] < mask.sum(1, keepdim=True)
-    return idx, picked
+    return torch.cat(picks, 1), picked
 
 
 class PointTransformerLayer(nn.Module):
