@@ -127,6 +127,23 @@ def latest(root: Path) -> Path | None:
     return path if (path / "model.safetensors").is_file() else None
 
 
+def find_checkpoint(path: Path) -> Path | None:
+    """``path`` when it is a checkpoint directory (holds model.safetensors), else the latest checkpoint of the
+    run folder ``path``, else None."""
+    path = Path(path)
+    return path if (path / "model.safetensors").is_file() else latest(path / "checkpoints")
+
+
+def checkpoint_at(path: Path, what: str = "") -> Path:
+    """:func:`find_checkpoint`, raising an error that names ``path`` when there is none (``what``: e.g. "stage-two")."""
+    ckpt = find_checkpoint(path)
+    if ckpt is None:
+        kind = f"{what} " if what else ""
+        raise FileNotFoundError(f"{path}: no {kind}checkpoint (expected model.safetensors or checkpoints/latest; "
+                                "train one first, e.g. make demo, or pass its path)")
+    return ckpt
+
+
 def load_model_weights(model: torch.nn.Module, ckpt: Path, strict: bool = True, prefix: str = "") -> list[str]:
     """Load ``model.safetensors`` (optionally only the keys under ``prefix``); returns missing keys."""
     path = Path(ckpt) / "model.safetensors"

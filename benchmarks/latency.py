@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime export (≈ 2 min per batch size)")
     a = p.parse_args(argv)
-    from airbind.checkpoint import latest
+    from airbind.checkpoint import checkpoint_at
     from airbind.paths import configure_tool_caches
     from evaluation.common import roots_for
     import tempfile
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     from finetune.train import load_model
     from pretrain.data import resolve_data, split_dirs
     configure_tool_caches()
-    ckpt = Path(a.checkpoint)
-    ckpt = ckpt if (ckpt / "model.safetensors").is_file() else latest(ckpt / "checkpoints")
+    ckpt = checkpoint_at(Path(a.checkpoint), "stage-two")
     model, cfg = load_model(ckpt)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     predictor = BeamPredictor(model.to(dev), cfg.max_points)

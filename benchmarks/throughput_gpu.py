@@ -73,11 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in res["device"]), None)
         res["stage_one_mfu"] = round(f * (a.steps - 1) / sec / (peak * 1e12), 4) if peak else None
     # stage two: the recipe of the given run (backbone, layers, LoRA), plain loop with AdamW (fused on GPU)
-    from airbind.checkpoint import latest
+    from airbind.checkpoint import checkpoint_at
     from evaluation.training import base_config
     from finetune.train import build_model
-    ckpt = Path(a.finetune)
-    ckpt = ckpt if (ckpt / "model.safetensors").is_file() else latest(ckpt / "checkpoints")
+    ckpt = checkpoint_at(Path(a.finetune), "stage-two")
     fcfg = merge(base_config(ckpt), {"encoders": None, "batch_size": a.batch_size})
     model = build_model(fcfg).to(info.device)
     params = [q for q in model.parameters() if q.requires_grad]

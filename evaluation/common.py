@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airbind.checkpoint import latest
+from airbind.checkpoint import find_checkpoint
 
 VEHICLE_TASKS, HUMAN_TASKS = ("beam", "blockage"), ("har", "hpe")
 
@@ -38,7 +38,7 @@ def find_run(given: str | None, candidates: tuple[str, ...], what: str) -> Path:
     paths = [Path(given)] if given else [Path(c) for c in candidates]
     found = []
     for p in paths:
-        ckpt = p if (p / "model.safetensors").is_file() else latest(p / "checkpoints")
+        ckpt = find_checkpoint(p)
         if ckpt is not None:
             found.append(ckpt)
     if not found:

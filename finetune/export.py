@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.out.suffix not in (".pt2", ".onnx"):
         p.error(f"--out {a.out}: the file name must end in .pt2 or .onnx")
-    from airbind.checkpoint import latest
+    from airbind.checkpoint import checkpoint_at
     from finetune.train import load_model
     from pretrain.data import resolve_data, split_dirs
-    ckpt = a.checkpoint if (a.checkpoint / "model.safetensors").is_file() else latest(a.checkpoint / "checkpoints")
+    ckpt = checkpoint_at(a.checkpoint, "stage-two")
     model, cfg = load_model(ckpt)
     dirs = a.shards or split_dirs(resolve_data(cfg.data), "val")
     batches = example_batches(cfg, dirs, a.batch_size)

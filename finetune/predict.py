@@ -54,10 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("predictions.jsonl"))
     p.add_argument("--max-samples", type=int, default=None)
     a = p.parse_args(argv)
-    ckpt = a.checkpoint
-    if not (ckpt / "model.safetensors").is_file():
-        from airbind.checkpoint import latest
-        ckpt = latest(ckpt / "checkpoints") or ckpt
+    from airbind.checkpoint import checkpoint_at
+    ckpt = checkpoint_at(a.checkpoint, "stage-two")
     n = 0
     with a.out.open("w") as fh:
         for row in predictions(ckpt, a.shards, a.max_samples):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from airbind.checkpoint import latest, load_model_weights, load_state, save_state, versions, write_by_ranks
+from airbind.checkpoint import checkpoint_at, latest, load_model_weights, load_state, save_state, versions, write_by_ranks
 from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import task_metrics
@@ -39,10 +39,7 @@ def keep_fraction(batch: dict, fraction: float) -> dict:
 
 def stage_one_binding(path: str) -> tuple[BindingConfig, Path]:
     """Binding config and checkpoint directory of a stage-one run (a checkpoint or a run folder)."""
-    p = Path(path)
-    ckpt = p if (p / "model.safetensors").is_file() else latest(p / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"{path}: no stage-one checkpoint (expected model.safetensors or checkpoints/latest)")
+    ckpt = checkpoint_at(Path(path), "stage-one")
     conf = json.loads((ckpt / "config.json").read_text())["config"]["binding"]
     return from_dict(BindingConfig, conf), ckpt
 

@@ -84,6 +84,17 @@ def test_knn_picks_the_nearest_valid_points():
             assert valid[b, i].tolist() == [True] * n_valid + [False] * (4 - n_valid)
 
 
+def test_checkpoint_lookup_names_the_path_when_there_is_none(tmp_path):
+    from airbind.checkpoint import CheckpointDir, checkpoint_at
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match=f"{run}: no stage-two checkpoint"):
+        checkpoint_at(run, "stage-two")
+    ckpt = CheckpointDir(run / "checkpoints", "step-000003")
+    (ckpt.begin() / "model.safetensors").write_bytes(b"")
+    final = ckpt.commit()
+    assert checkpoint_at(run) == final and checkpoint_at(final) == final
+
+
 def test_anchor_pairs_bind_each_sample_to_its_source_anchor():
     t, f = True, False
     present = {"image": torch.tensor([t, t, t]), "beam": torch.tensor([t, f, f]), "wifi": torch.tensor([f, t, f]),
