@@ -84,6 +84,25 @@ def test_knn_picks_the_nearest_valid_points():
             assert valid[b, i].tolist() == [True] * n_valid + [False] * (4 - n_valid)
 
 
+def test_farthest_point_sampling_matches_its_definition():
+    """Each pick is the valid point farthest from all earlier picks; padding is never picked for real."""
+    from encoders.points import farthest_point_sampling
+    rng = np.random.default_rng(1)
+    p = rng.normal(size=(3, 20, 3)).astype(np.float32)
+    mask = np.ones((3, 20), bool)
+    mask[1, 12:] = False       # padded cloud
+    mask[2, 4:] = False        # fewer valid points than picks
+    idx, picked = farthest_point_sampling(torch.tensor(p), torch.tensor(mask), 6)
+    for b in range(3):
+        valid = np.flatnonzero(mask[b])
+        ref = [int(valid[0])]
+        while len(ref) < min(6, len(valid)):
+            d = np.min([((p[b, valid] - p[b, j]) ** 2).sum(-1) for j in ref], axis=0)
+            ref.append(int(valid[np.argmax(d)]))
+        n = len(ref)
+        assert idx[b, :n].tolist() == ref and picked[b].tolist() == [True] * n + [False] * (6 - n)
+
+
 def test_checkpoint_lookup_names_the_path_when_there_is_none(tmp_path):
     from airbind.checkpoint import CheckpointDir, checkpoint_at
     run = tmp_path / "run"
