@@ -99,6 +99,14 @@ class CheckpointDir:
         return self.final
 
 
+def check_world_size(ckpt: Path, world_size: int) -> None:
+    """Resuming needs the rank count the checkpoint was written with (each rank reads its own optimizer file)."""
+    saved = json.loads((Path(ckpt) / "config.json").read_text()).get("world_size", 1)
+    if saved != world_size:
+        raise ValueError(f"{ckpt}: saved with {saved} ranks, resuming with {world_size}; "
+                         "resume with the same number of ranks")
+
+
 def write_by_ranks(root: Path, name: str, rank: int, barrier: Callable[[], None],
                    every_rank: Callable[[Path], None], rank_zero: Callable[[Path], None]) -> Path | None:
     """One checkpoint written by all ranks: rank 0 opens the partial directory, every rank adds its own files

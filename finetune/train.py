@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from airbind.checkpoint import checkpoint_at, latest, load_model_weights, load_state, save_state, versions, write_by_ranks
+from airbind.checkpoint import (check_world_size, checkpoint_at, latest, load_model_weights, load_state, save_state,
+                               versions, write_by_ranks)
 from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import task_metrics
@@ -172,10 +173,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         path = latest(out / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
         if path is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
-        saved_world = json.loads((path / "config.json").read_text()).get("world_size", 1)
-        if saved_world != engine.world_size:
-            raise ValueError(f"{path}: saved with {saved_world} ranks, resuming with {engine.world_size}; "
-                             "resume with the same number of ranks")
+        check_world_size(path, engine.world_size)
         from safetensors.torch import load_file
         model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
         engine.load_optimizer_state(load_state(path / f"optimizer-rank{rank}"))

@@ -17,7 +17,8 @@ class DistInfo:
     device: torch.device
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous address)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -29,7 +30,7 @@ def init_distributed() -> DistInfo:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # plain python: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())), AIRBIND_SELF_GROUP="1")
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())), AIRBIND_SELF_GROUP="1")
     import deepspeed
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",

@@ -144,11 +144,8 @@ def load_optimizer_state(engine, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(engine, path: Path, info: DistInfo) -> dict[str, Any]:
-    conf = json.loads((path / "config.json").read_text())
-    if conf["world_size"] != info.world_size:
-        raise ValueError(f"{path}: saved with {conf['world_size']} ranks, resuming with {info.world_size}; "
-                         "resume with the same number of ranks")
-    from airbind.checkpoint import load_model_weights
+    from airbind.checkpoint import check_world_size, load_model_weights
+    check_world_size(path, info.world_size)
     load_model_weights(engine.module, path)
     load_optimizer_state(engine, load_state(path / f"optimizer-rank{info.rank}"))
     state = load_state(path / "trainer_state")

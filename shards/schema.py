@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,7 @@ def decode_npy(data: bytes, where: str = "<bytes>") -> np.ndarray:
                 _NPY_HEADERS[header] = (arr.dtype, arr.shape, bool(np.isfortran(arr) and arr.ndim > 1))
             return arr
         dtype, shape, fortran = known
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)  # 1 for a 0-d array
         if len(data) - end != count * dtype.itemsize:
             raise DataError(where, f"not a plain .npy array (payload of {len(data) - end} bytes for shape {shape})")
         flat = np.frombuffer(data, dtype=dtype, count=count, offset=end).copy()  # writable, like np.load

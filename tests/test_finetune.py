@@ -227,16 +227,13 @@ def test_two_deepspeed_ranks_train_like_one(tiny_backbone, mixed_shards, tmp_pat
     """Stage two under DeepSpeed: 2 ranks with half the batch each give the loss and the (rank-averaged)
     gradient of 1 rank with the whole batch, although each rank lacks some tasks (per-task losses normalised
     over the global batch, label statistics summed over ranks)."""
-    import socket
-
     import torch.multiprocessing as mp
+
+    from pretrain.distributed import free_port
     got = {}
     for world in (1, 2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         out = tmp_path / f"{world}.json"
-        mp.start_processes(_deepspeed_worker, args=(world, port, str(mixed_shards), str(tiny_backbone), str(out)),
+        mp.start_processes(_deepspeed_worker, args=(world, free_port(), str(mixed_shards), str(tiny_backbone), str(out)),
                            nprocs=world, start_method="spawn", join=True)
         got[world] = json.loads(out.read_text())
     one, two = got[1], got[2]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pretrain.distributed import free_port
 from pretrain.loss import MaskedClipLoss
 from pretrain.model import BindingConfig, BindingModel, anchor_pairs
 from shards.stream import collate, iter_samples
@@ -143,12 +143,6 @@ def test_a_modality_absent_from_the_batch_is_skipped(mixed_shards):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
@@ -180,7 +174,7 @@ def _rank_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 
 def _run_ranks(world: int, root: Path, out: Path) -> list[float]:
-    mp.start_processes(_rank_worker, args=(world, _free_port(), str(root), str(out)), nprocs=world,
+    mp.start_processes(_rank_worker, args=(world, free_port(), str(root), str(out)), nprocs=world,
                        start_method="spawn", join=True)
     return json.loads(out.read_text())
 
