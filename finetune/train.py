@@ -142,10 +142,9 @@ def save_checkpoint(engine, cfg: FinetuneConfig, state: dict[str, Any], train_la
 
 def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
     """A trained stage-two model from its checkpoint directory (backbone weights from their source)."""
-    from safetensors.torch import load_file
     cfg = from_dict(FinetuneConfig, json.loads((Path(ckpt) / "config.json").read_text())["config"])
     model = MMSenseModel(cfg.model)
-    missing = model.load_state_dict(load_file(Path(ckpt) / "model.safetensors"), strict=False).missing_keys
+    missing = load_model_weights(model, Path(ckpt), strict=False)
     bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)]  # base weights: from source
     if bad:
         raise ValueError(f"{ckpt}: checkpoint lacks {bad[:5]}")
@@ -174,8 +173,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         if path is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
         check_world_size(path, engine.world_size)
-        from safetensors.torch import load_file
-        model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        load_model_weights(model, path, strict=False)  # LoRA/trainable weights; the base comes from its source
         engine.load_optimizer_state(load_state(path / f"optimizer-rank{rank}"))
         saved = load_state(path / "trainer_state")
         engine.scheduler.load_state_dict(saved.pop("scheduler"))
