@@ -21,6 +21,7 @@ class FinetuneConfig:
     steps_per_epoch: int = 60
     batch_size: int = 16
     lr: float = 3e-4
+    head_lr_scale: float = 1.0         # lr multiplier of the task-specific modules (gating, task attention, heads)
     weight_decay: float = 0.01
     warmup_steps: int = 10
     image_size: int = 64

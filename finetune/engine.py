@@ -33,6 +33,21 @@ def adam_settings(cfg) -> dict[str, Any]:
             "clip": conf.get("gradient_clipping", 1.0)}
 
 
+TASK_MODULES = ("gating.", "task_attn.", "heads.")
+
+
+def param_groups(model: torch.nn.Module, cfg) -> list[dict[str, Any]]:
+    """Trainable weights in two AdamW groups: the task-specific modules (per-task gating, task attention and
+    heads, all new at stage two) at ``lr * head_lr_scale``, everything else (encoders, fusion, LoRA, the
+    log-variances of Eq. 14) at ``lr``. The LR schedule scales both groups alike."""
+    groups: dict[bool, list[torch.nn.Parameter]] = {False: [], True: []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[name.startswith(TASK_MODULES)].append(p)
+    return [{"params": ps, "lr": cfg.lr * (cfg.head_lr_scale if task else 1.0)}
+            for task, ps in groups.items() if ps]
+
+
 class PlainEngine:
     """One process: torch AdamW, clip, LambdaLR."""
 
@@ -44,7 +59,7 @@ class PlainEngine:
         self.params = [p for p in model.parameters() if p.requires_grad]
         adam = adam_settings(cfg)
         self.clip = adam["clip"]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            betas=adam["betas"], eps=adam["eps"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
 
@@ -88,7 +103,7 @@ class DeepSpeedEngine:
         self.bf16 = bool(conf["bf16"]["enabled"])
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=self.params, config=conf,
+            model=model, model_parameters=param_groups(model, cfg), config=conf,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)))
         self.module = self.engine.module
 

@@ -18,7 +18,10 @@ from finetune.model import TASKS  # noqa: E402
 
 TOP_HELP = {
     "epochs": "training epochs", "steps_per_epoch": "optimizer steps per epoch", "batch_size": "samples per step",
-    "lr": "peak learning rate (AdamW)", "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
+    "lr": "peak learning rate (AdamW)",
+    "head_lr_scale": "learning-rate multiplier of the task-specific modules (gating, task attention, heads), which "
+                     "start from scratch while the encoders and the backbone start trained",
+    "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
     "image_size": "camera frames resized to this square size", "max_points": "points kept per cloud",
     "workers": "DataLoader workers", "shuffle_buffer": "samples in the shuffle buffer", "seed": "random seed",
     "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples per epoch",

@@ -259,3 +259,21 @@ def test_engine_choice(monkeypatch):
     assert not wants_deepspeed("auto")
     with pytest.raises(ValueError, match="engine"):
         wants_deepspeed("ddp")
+
+
+def test_task_modules_get_their_own_learning_rate(tiny_backbone):
+    from finetune.engine import PlainEngine
+    cfg = merge(_cfg(tiny_backbone), {"lr": 1e-3, "head_lr_scale": 10.0})
+    torch.manual_seed(0)
+    model = MMSenseModel(cfg.model)
+    model.encoders.requires_grad_(False)  # --freeze-encoders: frozen weights are in no group
+    groups = PlainEngine(model, cfg).optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr = {g["lr"]: {names[id(p)] for p in g["params"]} for g in groups}
+    assert sorted(by_lr) == [1e-3, pytest.approx(1e-2)]
+    fast, base = by_lr[max(by_lr)], by_lr[1e-3]
+    assert fast and all(n.split(".")[0] in ("gating", "task_attn", "heads") for n in fast)
+    assert any(n.startswith("fusion.") for n in base) and any("lora_" in n for n in base)
+    assert any(n.startswith("loss.log_vars") for n in base)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert fast | base == trainable and not fast & base and not any(n.startswith("encoders.") for n in trainable)
