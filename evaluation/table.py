@@ -75,6 +75,7 @@ def trivial_row(metrics: dict[str, float]) -> dict[str, float]:
     out = {f"{t}/top1": metrics.get(f"{t}/baseline_accuracy") for t in ("beam", "har")}
     out["blockage/accuracy"] = metrics.get("blockage/baseline_accuracy")
     out["hpe/mpjpe_mm"] = metrics.get("hpe/baseline_mpjpe_mm")
+    out["hpe/pa_mpjpe_mm"] = metrics.get("hpe/baseline_pa_mpjpe_mm")
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -108,8 +108,8 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
 
 
 def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """Trivial baselines on the validation labels from the training labels seen: majority class / mean pose
-    / majority blockage state."""
+    """Trivial baselines on the validation labels from the training labels seen: majority class, mean pose
+    (MPJPE, and PA-MPJPE after aligning it to each true pose), majority blockage state."""
     out = {}
     for t, a in arrays.items():
         lab = a["label"]
@@ -118,9 +118,11 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
             out[f"{t}/baseline_accuracy"] = float((lab == major).mean())
         elif t == "hpe" and train_labels.get(t):
             mean_pose = np.mean(np.stack([np.asarray(v) for v in train_labels[t]]), axis=0)
-            from finetune.metrics import mpjpe_mm
-            out["hpe/baseline_mpjpe_mm"] = mpjpe_mm(np.broadcast_to(mean_pose, lab.shape).reshape(-1, 17, 3),
-                                                     lab.reshape(-1, 17, 3))
+            from finetune.metrics import mpjpe_mm, pa_mpjpe_mm
+            guess, true = np.broadcast_to(mean_pose, lab.shape).reshape(-1, 17, 3), lab.reshape(-1, 17, 3)
+            out["hpe/baseline_mpjpe_mm"] = mpjpe_mm(guess, true)
+            # the mean pose moved, turned and scaled onto each true pose: what PA-MPJPE gives with no articulation
+            out["hpe/baseline_pa_mpjpe_mm"] = pa_mpjpe_mm(guess, true)
     return out
 
 

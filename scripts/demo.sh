@@ -28,6 +28,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 rows = [("beam top-1", "beam/top1", "beam/baseline_accuracy"), ("HAR top-1", "har/top1", "har/baseline_accuracy"),
         ("HPE MPJPE (mm, lower is better)", "hpe/mpjpe_mm", "hpe/baseline_mpjpe_mm"),
+        ("HPE PA-MPJPE (mm, lower is better)", "hpe/pa_mpjpe_mm", "hpe/baseline_pa_mpjpe_mm"),
         ("blockage accuracy", "blockage/accuracy", "blockage/baseline_accuracy")]
 for name, k, b in rows:
     print(f"[demo] {name}: model {r.get(k, float('nan')):.3f}  trivial baseline {r.get(b, float('nan')):.3f}")

@@ -277,3 +277,22 @@ def test_task_modules_get_their_own_learning_rate(tiny_backbone):
     assert any(n.startswith("loss.log_vars") for n in base)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert fast | base == trainable and not fast & base and not any(n.startswith("encoders.") for n in trainable)
+
+
+def test_pose_baselines_from_training_labels():
+    """MPJPE of the mean training pose, and its PA-MPJPE (aligned to each true pose): a pose that is the mean
+    pose moved, turned and scaled has a PA baseline of 0 but a large MPJPE baseline."""
+    from finetune.train import baselines
+    rng = np.random.default_rng(0)
+    train = [rng.normal(size=51) for _ in range(5)]  # one flattened 17 x 3 pose per training sample
+    mean = np.mean(train, axis=0).reshape(17, 3)
+    c, s = np.cos(0.7), np.sin(0.7)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    moved = 1.3 * mean @ rot.T + np.array([2.0, 0.5, 0.0])
+    other = rng.normal(size=(17, 3))
+    out = baselines({"hpe": train}, {"hpe": {"label": np.stack([moved, other]).reshape(2, 51)}})
+    expect = (np.linalg.norm(moved - mean, axis=1).mean() + np.linalg.norm(other - mean, axis=1).mean()) / 2
+    assert out["hpe/baseline_mpjpe_mm"] == pytest.approx(1000 * expect)
+    from finetune.metrics import pa_mpjpe_mm
+    assert pa_mpjpe_mm(mean[None], moved[None]) < 1e-6
+    assert out["hpe/baseline_pa_mpjpe_mm"] == pytest.approx(pa_mpjpe_mm(mean[None], other[None]) / 2)
