@@ -46,6 +46,19 @@ def check_no_leak(tasks: dict[str, TaskSpec]) -> None:
             raise ValueError(f"task {name!r} would see its own label through {LABEL_MODALITY[name]!r}")
 
 
+def pose_parts(kp: torch.Tensor) -> torch.Tensor:
+    """(N, 51) keypoints in metres → (N, 51): the pelvis (joint 0) position, then the other 16 joints
+    relative to it (root-relative pose, as 3-D pose estimation usually separates them)."""
+    j = kp.reshape(len(kp), 17, 3)
+    return torch.cat([j[:, 0], (j[:, 1:] - j[:, :1]).reshape(len(kp), 48)], 1)
+
+
+def pose_from_parts(parts: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pose_parts`."""
+    root = parts[:, :3]
+    return torch.cat([root, (parts[:, 3:].reshape(len(parts), 16, 3) + root[:, None]).reshape(len(parts), 48)], 1)
+
+
 def label_rows(task: str, batch: dict) -> torch.Tensor:
     """Rows of a batch that carry a label for ``task``."""
     if task == "beam":
@@ -104,13 +117,15 @@ class MMSenseModel(nn.Module):
                                     for t in cfg.tasks})
         self.loss = UncertaintyLoss(cfg.tasks)
         self.specs = specs
-        # the pose head predicts keypoints in units of the first training batch's per-axis spread around its
-        # mean pose (keypoints are metres in the sensor frame, far from 0): pose = hpe_mean + hpe_scale * head,
-        # so the pose loss starts near 1 like the others instead of ~0.05 m² (Eq. 14 would take thousands of
-        # steps to re-weight it). Buffers, not weights: no optimizer copy can go stale (ZeRO keeps fp32 copies)
-        self.register_buffer("hpe_bias_ready", torch.tensor(False))
+        # the pose head predicts the pelvis position and the root-relative pose (pose_parts), each in units of
+        # its own per-axis spread around its mean over the first training batch: parts = hpe_mean + scale * head.
+        # Keypoints are metres in the sensor frame, and where the person stands varies far more than the
+        # articulation; one scale for both would leave the articulation ~1 % of the loss. Both halves of the
+        # pose loss start near 1 like the other tasks (Eq. 14 would take thousands of steps to re-weight a
+        # 0.05 m² loss). Buffers, not weights: no optimizer copy can go stale (ZeRO keeps fp32 copies)
+        self.register_buffer("hpe_stats_ready", torch.tensor(False))
         self.register_buffer("hpe_mean", torch.zeros(17 * 3))
-        self.register_buffer("hpe_scale", torch.ones(3))
+        self.register_buffer("hpe_scale", torch.ones(6))  # pelvis x, y, z; root-relative joints x, y, z
         # running label counts of the blockage task: the positive class (a rare event) is weighted by
         # negatives/positives in its cross-entropy, else the head settles on "never blocked"
         self.register_buffer("blockage_counts", torch.zeros(2, dtype=torch.long))  # integer: bf16 would stall
@@ -181,10 +196,11 @@ class MMSenseModel(nn.Module):
             kind = self.specs[t].kind
             if kind == "ce":
                 loss = F.cross_entropy(out, label)
-            elif kind == "mse":  # in units of the pose spread; the output is returned in metres
-                scale = self.hpe_scale.to(out.dtype).repeat(out.shape[-1] // 3)
-                loss = F.mse_loss(out, (label - self.hpe_mean) / scale)
-                out = self.hpe_mean + out * scale
+            elif kind == "mse":  # pelvis and root-relative pose, each in units of its spread; output in metres
+                scale = self.pose_scale().to(out.dtype)
+                goal = (pose_parts(label) - self.hpe_mean) / scale
+                loss = 0.5 * (F.mse_loss(out[:, :3], goal[:, :3]) + F.mse_loss(out[:, 3:], goal[:, 3:]))
+                out = pose_from_parts(self.hpe_mean + out * scale)
             else:
                 loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label, pos_weight=self.pos_weight())
             losses[t] = loss * (n_local * world / counts[i]) if self.training else loss
@@ -193,11 +209,11 @@ class MMSenseModel(nn.Module):
         return total, results
 
     def label_stats(self, batch: dict, rows: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-        """Sums over this batch's labelled rows: pose count, Σx and Σx² per coordinate (17 x 3 each), blockage
-        negatives and positives (zeros for a task without rows)."""
+        """Sums over this batch's labelled rows: pose count, Σx and Σx² per coordinate of :func:`pose_parts`
+        (51 each), blockage negatives and positives (zeros for a task without rows)."""
         stats = torch.zeros(1 + 2 * 51 + 2, device=device)
         if "hpe" in rows and bool(rows["hpe"].any()):
-            kp = self.target("hpe", batch, rows["hpe"]).float()
+            kp = pose_parts(self.target("hpe", batch, rows["hpe"]).float())
             stats[0], stats[1:52], stats[52:103] = len(kp), kp.sum(0), kp.pow(2).sum(0)
         if "blockage" in rows and bool(rows["blockage"].any()):
             y = self.target("blockage", batch, rows["blockage"])
@@ -207,15 +223,19 @@ class MMSenseModel(nn.Module):
     @torch.no_grad()
     def observe(self, stats: torch.Tensor) -> None:
         """Data-dependent statistics from training labels (:meth:`label_stats`, summed over ranks): the pose
-        output's offset and scale from the first batch with poses, the blockage class counts (running)."""
+        output's offset and scales from the first batch with poses, the blockage class counts (running)."""
         n = stats[0]
-        if "hpe" in self.heads and n > 0 and not bool(self.hpe_bias_ready):
+        if "hpe" in self.heads and n > 0 and not bool(self.hpe_stats_ready):
             mean = stats[1:52] / n
             var = (stats[52:103] / n - mean.pow(2)).clamp(min=0)  # per coordinate, around the batch mean
             self.hpe_mean.copy_(mean)
-            self.hpe_scale.copy_(var.view(17, 3).mean(0).sqrt().clamp(min=0.02))
-            self.hpe_bias_ready.fill_(True)
+            self.hpe_scale.copy_(torch.cat([var[:3], var[3:].view(16, 3).mean(0)]).sqrt().clamp(min=0.02))
+            self.hpe_stats_ready.fill_(True)
         self.blockage_counts += stats[103:105].round().long()
+
+    def pose_scale(self) -> torch.Tensor:
+        """The spread of each of the 51 pose parts: the pelvis per axis, then every joint's per-axis one."""
+        return torch.cat([self.hpe_scale[:3], self.hpe_scale[3:].repeat(16)])
 
     def pos_weight(self) -> torch.Tensor:
         """negatives / positives among the blockage labels seen (1 before any positive), at most 20."""

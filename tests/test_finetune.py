@@ -55,13 +55,19 @@ def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone,
     batch["present"]["past_beam"][:6] = True
     _, res = model(batch)
     kp = res["hpe"]["label"].reshape(-1, 17, 3)
-    spread = (kp - kp.mean(0)).pow(2).mean((0, 1)).sqrt()
+    root, rel = kp[:, 0], kp[:, 1:] - kp[:, :1]  # pelvis, and the other joints relative to it
+    spread = torch.cat([(root - root.mean(0)).pow(2).mean(0).sqrt(), (rel - rel.mean(0)).pow(2).mean((0, 1)).sqrt()])
     assert torch.allclose(model.hpe_scale, spread.clamp(min=0.02), rtol=1e-4)
-    assert torch.allclose(model.hpe_mean, res["hpe"]["label"].mean(0), atol=1e-6)
+    assert torch.allclose(model.hpe_mean[:3], root.mean(0), atol=1e-6)
+    assert torch.allclose(model.hpe_mean[3:], rel.mean(0).reshape(-1), atol=1e-6)
     assert float(model.pos_weight()) == pytest.approx(2.0)
-    r = res["hpe"]  # the pose loss is the MSE in units of that spread; the output is in metres
-    scale = model.hpe_scale.repeat(17)
-    assert float(r["loss"].detach()) == pytest.approx(float(((r["output"] - r["label"]) / scale).pow(2).mean()), rel=1e-4)
+    r = res["hpe"]  # the pose loss: half pelvis, half root-relative MSE, each in units of its spread
+    out = r["output"].reshape(-1, 17, 3)  # returned in metres
+    err_root = ((out[:, 0] - root) / model.hpe_scale[:3]).pow(2).mean()
+    err_rel = ((out[:, 1:] - out[:, :1] - rel) / model.hpe_scale[3:]).pow(2).mean()
+    assert float(r["loss"].detach()) == pytest.approx(float(0.5 * (err_root + err_rel)), rel=1e-4)
+    from finetune.model import pose_from_parts, pose_parts
+    assert torch.allclose(pose_from_parts(pose_parts(r["label"])), r["label"], atol=1e-6)
     logit, y = res["blockage"]["output"].squeeze(-1), res["blockage"]["label"]
     by_hand = -(2.0 * y * torch.log(torch.sigmoid(logit)) + (1 - y) * torch.log(1 - torch.sigmoid(logit))).mean()
     assert float(res["blockage"]["loss"].detach()) == pytest.approx(float(by_hand), rel=1e-5)
