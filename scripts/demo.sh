@@ -11,7 +11,7 @@ $PY -m twin report "$HUMANS" --out "$OUT/twin_humans_report"
 $PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject
 $PY -m shards.summary "$OUT/shards/humans" > "$OUT/shards/humans/summary.json"
 echo "[demo] human shards: $(grep -c '' "$OUT/shards/humans/summary.json") summary lines in $OUT/shards/humans/summary.json"
-echo "[demo] vehicle twin (DeepSense layout): the cached default dataset, ray-traced once (~6 min the first time)"
+echo "[demo] vehicle twin (DeepSense layout): the cached default dataset, ray-traced once (≈ 12 min the first time)"
 VEHICLES=$($PY -m twin default vehicles | tail -n 1)
 $PY -m twin report "$VEHICLES" --out "$OUT/twin_vehicles_report"
 echo "[demo] stage one: binding encoders to the wireless anchor (DeepSpeed, CPU)"
