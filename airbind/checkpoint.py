@@ -160,5 +160,8 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path, strict: bool = True, 
     state = load_file(path)
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    result = model.load_state_dict(state, strict=strict)
+    try:
+        result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:  # shapes (or, strict, keys) that do not fit: e.g. a checkpoint of older code
+        raise RuntimeError(f"{path}: these weights do not fit the model ({e})") from e
     return list(result.missing_keys)

@@ -114,6 +114,16 @@ def test_checkpoint_lookup_names_the_path_when_there_is_none(tmp_path):
     assert checkpoint_at(run) == final and checkpoint_at(final) == final
 
 
+def test_weights_that_do_not_fit_name_the_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from airbind.checkpoint import load_model_weights
+    save_file({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(RuntimeError, match=f"{tmp_path / 'model.safetensors'}: these weights do not fit"):
+        load_model_weights(torch.nn.Linear(2, 4), tmp_path, strict=False)
+    assert load_model_weights(torch.nn.Linear(2, 3), tmp_path) == []
+
+
 def test_anchor_pairs_bind_each_sample_to_its_source_anchor():
     t, f = True, False
     present = {"image": torch.tensor([t, t, t]), "beam": torch.tensor([t, f, f]), "wifi": torch.tensor([f, t, f]),
