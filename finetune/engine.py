@@ -56,10 +56,11 @@ class PlainEngine:
     def __init__(self, model: torch.nn.Module, cfg):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.module = model.to(self.device)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        groups = param_groups(model, cfg)
+        self.params = [p for g in groups for p in g["params"]]
         adam = adam_settings(cfg)
         self.clip = adam["clip"]
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            betas=adam["betas"], eps=adam["eps"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
 
@@ -101,9 +102,10 @@ class DeepSpeedEngine:
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         conf = ds_config(cfg, info.world_size, info.device.type == "cuda")
         self.bf16 = bool(conf["bf16"]["enabled"])
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        groups = param_groups(model, cfg)
+        self.params = [p for g in groups for p in g["params"]]
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=param_groups(model, cfg), config=conf,
+            model=model, model_parameters=groups, config=conf,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)))
         self.module = self.engine.module
 
