@@ -14,14 +14,18 @@ import numpy as np  # noqa: E402
 
 
 def evaluate_checkpoint(checkpoint: Path, shards: list[Path], max_samples: int | None = None):
-    """Metrics (with the trivial baselines from the checkpoint's training labels) and per-task arrays
+    """Metrics (with the trivial baselines from the checkpoint's training labels and the bootstrap intervals
+    of the differences to them, finetune/significance.py) and per-task arrays
     (output, label, key, power) of a stage-two checkpoint on shard folders."""
     from airbind.checkpoint import load_state
+    from finetune.significance import compare_to_baselines
     from finetune.train import baselines, evaluate, load_model
     model, cfg = load_model(checkpoint)
     metrics, arrays = evaluate(model, cfg, shards, max_samples)
     seen = load_state(Path(checkpoint) / "trainer_state").get("train_labels", {})
-    metrics.update(baselines({t: [np.asarray(v) for v in vals] for t, vals in seen.items()}, arrays))
+    seen = {t: [np.asarray(v) for v in vals] for t, vals in seen.items()}
+    metrics.update(baselines(seen, arrays))
+    metrics.update(compare_to_baselines(seen, arrays))
     return metrics, arrays
 
 

@@ -20,6 +20,7 @@ from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import task_metrics
 from finetune.model import MMSenseModel
+from finetune.significance import compare_to_baselines
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
 from pretrain.train import log_record, stream_config, to_device
@@ -230,6 +231,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
             with engine.autocast():
                 metrics, arrays = evaluate(model, cfg, split_dirs(roots, "val"), cfg.val_max_samples)
             metrics.update(baselines(train_labels, arrays))
+            metrics.update(compare_to_baselines(train_labels, arrays))
             log_record(log_path, writer, {"step": state["step"], "epoch": epoch, "seconds": time.perf_counter() - t0,
                                           **metrics})
         engine.barrier()

@@ -139,7 +139,8 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     for key in ("beam/top1", "beam/top3", "beam/power_loss_db", "har/top1", "har/macro_f1", "hpe/mpjpe_mm",
-                "hpe/pa_mpjpe_mm", "blockage/accuracy"):
+                "hpe/pa_mpjpe_mm", "blockage/accuracy", "beam/top1_minus_baseline", "beam/sequences",
+                "hpe/pa_mpjpe_mm_minus_baseline_ci_low"):
         assert key in result, key
     ckpt = Path(result["checkpoint"])
     from finetune.train import evaluate, load_model
@@ -153,6 +154,7 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert "beam/top1_minus_baseline_ci_high" in rows[-1]["metrics"]
     beam_rows = [r for r in rows if r.get("task") == "beam"]
     assert beam_rows and all(0 <= r["prediction"]["beam"] < 64 for r in beam_rows)
 

@@ -1,0 +1,56 @@
+"""The bootstrap over sequences behind the model-vs-baseline intervals (finetune/significance.py)."""
+import math
+
+import numpy as np
+import pytest
+
+from finetune.significance import MIN_SEQUENCES, compare_to_baselines, paired_difference, sequence_of
+
+
+def keys_for(n_seq: int, frames: int) -> np.ndarray:
+    return np.array([f"mmfi/E01/S{s:02d}_A01/{i:03d}" for s in range(n_seq) for i in range(frames)])
+
+
+def test_sequence_of_drops_the_frame_index():
+    assert sequence_of("deepsense/scenario3/17/0042") == "deepsense/scenario3/17"
+
+
+def test_correlated_frames_widen_the_interval():
+    """20 identical frames per sequence carry the information of one frame: the interval over 12 such
+    sequences must be as wide as over 12 single frames, far wider than 240 independent frames would give."""
+    rng = np.random.default_rng(1)
+    per_seq = rng.integers(0, 2, 12).astype(float)  # model right/wrong per sequence; baseline always wrong
+    clustered = paired_difference(np.repeat(per_seq, 20), np.zeros(240), keys_for(12, 20))
+    single = paired_difference(per_seq, np.zeros(12), keys_for(12, 1))
+    independent = paired_difference(rng.integers(0, 2, 240).astype(float), np.zeros(240), keys_for(240, 1))
+    width = lambda r: r["ci_high"] - r["ci_low"]  # noqa: E731
+    assert clustered["diff"] == pytest.approx(per_seq.mean()) and clustered["sequences"] == 12
+    assert width(clustered) == pytest.approx(width(single), abs=0.02)
+    assert width(clustered) > 2 * width(independent)
+    assert clustered["ci_low"] <= clustered["diff"] <= clustered["ci_high"]
+
+
+def test_no_interval_from_too_few_sequences():
+    r = paired_difference(np.ones(40), np.zeros(40), keys_for(MIN_SEQUENCES - 1, 5)[:40])
+    assert r["diff"] == 1.0 and math.isnan(r["ci_low"]) and math.isnan(r["ci_high"])
+
+
+def test_compare_to_baselines_per_task():
+    """A beam model right on every frame of 12 sequences against a majority beam right on a third of them:
+    the difference is 2/3 and its interval excludes 0; the pose rows agree with the frame means."""
+    keys = keys_for(12, 4)
+    labels = np.tile([0, 1, 2], 16)
+    logits = np.eye(3)[labels] * 5.0
+    train = [np.array(0.0)] * 5 + [np.array(1.0)] * 2  # majority beam 0
+    rng = np.random.default_rng(0)
+    poses = rng.normal(size=(48, 51))
+    out = compare_to_baselines({"beam": train, "hpe": list(poses[:6])},
+                               {"beam": {"output": logits, "label": labels, "key": keys},
+                                "hpe": {"output": poses, "label": poses, "key": keys}})
+    assert out["beam/top1_minus_baseline"] == pytest.approx(2 / 3)
+    assert 0 < out["beam/top1_minus_baseline_ci_low"] <= out["beam/top1_minus_baseline_ci_high"] <= 1
+    assert out["beam/sequences"] == 12
+    mean = poses[:6].mean(0).reshape(17, 3)
+    expect = -np.linalg.norm(poses.reshape(48, 17, 3) - mean, axis=-1).mean() * 1000
+    assert out["hpe/mpjpe_mm_minus_baseline"] == pytest.approx(expect)  # a perfect pose vs the mean pose
+    assert out["hpe/mpjpe_mm_minus_baseline_ci_high"] < 0
