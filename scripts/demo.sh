@@ -8,7 +8,8 @@ mkdir -p "$OUT"
 echo "[demo] human twin (MM-Fi layout): the cached default dataset, built once"
 HUMANS=$($PY -m twin default humans | tail -n 1)
 $PY -m twin report "$HUMANS" --out "$OUT/twin_humans_report"
-$PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject
+# the split of the pipeline's own twin shards (pretrain/data.py, TWIN_SPLITS): the same held-out subjects
+$PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject --fractions 0.7,0.15,0.15
 $PY -m shards.summary "$OUT/shards/humans" > "$OUT/shards/humans/summary.json"
 echo "[demo] human shards: $(grep -c '' "$OUT/shards/humans/summary.json") summary lines in $OUT/shards/humans/summary.json"
 echo "[demo] vehicle twin (DeepSense layout): the cached default dataset, ray-traced once (≈ 12 min the first time)"
@@ -30,8 +31,13 @@ rows = [("beam top-1", "beam/top1", "beam/baseline_accuracy"), ("HAR top-1", "ha
         ("HPE MPJPE (mm, lower is better)", "hpe/mpjpe_mm", "hpe/baseline_mpjpe_mm"),
         ("HPE PA-MPJPE (mm, lower is better)", "hpe/pa_mpjpe_mm", "hpe/baseline_pa_mpjpe_mm"),
         ("blockage accuracy", "blockage/accuracy", "blockage/baseline_accuracy")]
+nan = float("nan")
 for name, k, b in rows:
-    print(f"[demo] {name}: model {r.get(k, float('nan')):.3f}  trivial baseline {r.get(b, float('nan')):.3f}")
+    d = k + "_minus_baseline"  # with its 95 % interval from a bootstrap over sequences (finetune/significance.py)
+    task = k.split("/")[0]
+    print(f"[demo] {name}: model {r.get(k, nan):.3f}  trivial baseline {r.get(b, nan):.3f}  difference "
+          f"{r.get(d, nan):+.3f} [95 % CI {r.get(d + '_ci_low', nan):+.3f}, {r.get(d + '_ci_high', nan):+.3f}; "
+          f"{r.get(task + '/sequences', nan):.0f} sequences]")
 PYEOF
 echo "[demo] evaluation: Tables I/II, zero-shot, few-shot, real scenario 5, figures -> reports/"
 rm -rf "$OUT/evaluation"
