@@ -33,17 +33,16 @@ def adam_settings(cfg) -> dict[str, Any]:
             "clip": conf.get("gradient_clipping", 1.0)}
 
 
-TASK_MODULES = ("gating.", "task_attn.", "heads.")
-
-
 def param_groups(model: torch.nn.Module, cfg) -> list[dict[str, Any]]:
     """Trainable weights in two AdamW groups: the task-specific modules (per-task gating, task attention and
-    heads, all new at stage two) at ``lr * head_lr_scale``, everything else (encoders, fusion, LoRA, the
-    log-variances of Eq. 14) at ``lr``. The LR schedule scales both groups alike."""
+    heads, all new at stage two; :meth:`MMSenseModel.task_specific_parameters`) at ``lr * head_lr_scale``,
+    everything else (encoders, fusion, LoRA, the log-variances of Eq. 14) at ``lr``. The LR schedule scales
+    both groups alike."""
+    task_ids = {id(p) for p in model.task_specific_parameters()}
     groups: dict[bool, list[torch.nn.Parameter]] = {False: [], True: []}
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
-            groups[name.startswith(TASK_MODULES)].append(p)
+            groups[id(p) in task_ids].append(p)
     return [{"params": ps, "lr": cfg.lr * (cfg.head_lr_scale if task else 1.0)}
             for task, ps in groups.items() if ps]
 

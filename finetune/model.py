@@ -132,6 +132,11 @@ class MMSenseModel(nn.Module):
         self.register_buffer("blockage_counts", torch.zeros(2, dtype=torch.long))  # integer: bf16 would stall
         self.last_gates: dict[str, torch.Tensor] = {}
 
+    def task_specific_parameters(self) -> list[nn.Parameter]:
+        """The weights of the per-task modules (gating, task attention, heads): new at stage two, they may
+        get their own learning rate (``--head-lr-scale``)."""
+        return [p for m in (self.gating, self.task_attn, self.heads) for p in m.parameters()]
+
     def task_forward(self, task: str, batch: dict, enc: dict, rows: torch.Tensor) -> torch.Tensor:
         """Raw output of ``task`` for the selected rows: one forward pass per (sample, task)."""
         mods = [m for m in self.specs[task].inputs if m in enc]
