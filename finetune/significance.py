@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from finetune.metrics import procrustes_align
 
@@ -52,6 +52,14 @@ def paired_difference(model: np.ndarray, base: np.ndarray, keys: np.ndarray, n_b
     return {"diff": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi), "sequences": float(n_cl)}
 
 
+def _auc(prob: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count one half), as sklearn's roc_auc_score gives it."""
+    ranks = rankdata(prob)
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def auc_interval(prob: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
                  level: float = LEVEL) -> dict[str, float]:
     """Percentile interval of the ROC AUC under the cluster bootstrap (replicates with one class are skipped;
@@ -65,7 +73,7 @@ def auc_interval(prob: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_boot:
     for _ in range(n_boot):
         rows = np.concatenate([members[c] for c in rng.integers(0, n_cl, n_cl)])
         if len(np.unique(labels[rows])) == 2:
-            reps.append(roc_auc_score(labels[rows], prob[rows]))
+            reps.append(_auc(prob[rows], labels[rows]))
     if len(reps) < n_boot / 2:
         return {"ci_low": float("nan"), "ci_high": float("nan")}
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])

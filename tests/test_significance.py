@@ -54,3 +54,26 @@ def test_compare_to_baselines_per_task():
     expect = -np.linalg.norm(poses.reshape(48, 17, 3) - mean, axis=-1).mean() * 1000
     assert out["hpe/mpjpe_mm_minus_baseline"] == pytest.approx(expect)  # a perfect pose vs the mean pose
     assert out["hpe/mpjpe_mm_minus_baseline_ci_high"] < 0
+
+
+def test_auc_interval_over_sequences():
+    """Sequences of one class each: a perfectly ranking score has AUC 1 in every replicate; a score that
+    ranks the blocked sequences' frames at random straddles 0.5; no interval below the minimum."""
+    from finetune.significance import auc_interval
+    keys = keys_for(20, 5)
+    labels = np.repeat(np.arange(20) % 2, 5)
+    perfect = auc_interval(labels + 0.1 * np.random.default_rng(0).random(100), labels, keys)
+    assert perfect["ci_low"] == pytest.approx(1.0) and perfect["ci_high"] == pytest.approx(1.0)
+    noise = auc_interval(np.random.default_rng(1).random(100), labels, keys)
+    assert noise["ci_low"] < 0.5 < noise["ci_high"]
+    assert math.isnan(auc_interval(labels.astype(float), labels, keys_for(5, 20))["ci_low"])  # 5 sequences
+
+
+def test_rank_auc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from finetune.significance import _auc
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 60)
+    prob = np.round(rng.random(60), 1)  # with ties
+    assert _auc(prob, labels) == pytest.approx(roc_auc_score(labels, prob))
