@@ -34,10 +34,10 @@ rows = [("beam top-1", "beam/top1", "beam/baseline_accuracy"), ("HAR top-1", "ha
 nan = float("nan")
 for name, k, b in rows:
     d = k + "_minus_baseline"  # with its 95 % interval from a bootstrap over sequences (finetune/significance.py)
-    task = k.split("/")[0]
+    lo, hi, n = r.get(d + "_ci_low", nan), r.get(d + "_ci_high", nan), r.get(k.split("/")[0] + "/sequences", nan)
+    ci = f"95 % CI {lo:+.3f}, {hi:+.3f}" if lo == lo else "no interval: too few"
     print(f"[demo] {name}: model {r.get(k, nan):.3f}  trivial baseline {r.get(b, nan):.3f}  difference "
-          f"{r.get(d, nan):+.3f} [95 % CI {r.get(d + '_ci_low', nan):+.3f}, {r.get(d + '_ci_high', nan):+.3f}; "
-          f"{r.get(task + '/sequences', nan):.0f} sequences]")
+          f"{r.get(d, nan):+.3f} [{ci}; {n:.0f} sequences]")
 PYEOF
 echo "[demo] evaluation: Tables I/II, zero-shot, few-shot, real scenario 5, figures -> reports/"
 rm -rf "$OUT/evaluation"
