@@ -19,6 +19,19 @@ GROUPERS: dict[str, Callable[[Record], str]] = {
 }
 
 
+def free_targets(total: int, fractions: Sequence[float], pinned: dict[str, int]) -> dict[str, float]:
+    """Sample counts the unpinned groups should bring to each split: ``fraction * total`` minus what is
+    pinned there, never below 0. When pinned groups overfill a split (e.g. a held-out test scenario with a
+    test fraction of 0), the others' shortfalls are scaled down together to the unpinned samples, so the
+    unpinned samples keep the ratio of the fractions (0.8 / 0.2 / 0 → 4 : 1) instead of the shortfall
+    falling on whichever split the greedy order serves last."""
+    free = total - sum(pinned.values())
+    short = {s: max(f * total - pinned.get(s, 0), 0.0) for s, f in zip(SPLIT_NAMES, fractions)}
+    need = sum(short.values())
+    scale = free / need if need > free > 0 else 1.0
+    return {s: v * scale for s, v in short.items()}
+
+
 def assign_splits(
     records: Sequence[Record],
     mode: str = "sequence",
@@ -29,8 +42,9 @@ def assign_splits(
     """Split ``records`` into train/val/test so that no group of ``mode`` lands in two splits.
 
     Groups are shuffled with ``seed`` and each goes to the split furthest below its target share of
-    samples. ``held_out`` (e.g. ``{"test": ["E04"]}`` or ``{"test": ["scenario4"]}``) first pins every group
-    whose name, or one part of its ``/``-separated name, matches. ``mode="official"`` uses the dataset's own train/val/test files.
+    samples (:func:`free_targets`: pinned groups count toward their split). ``held_out`` (e.g.
+    ``{"test": ["E04"]}`` or ``{"test": ["scenario4"]}``) first pins every group whose name, or one part of
+    its ``/``-separated name, matches. ``mode="official"`` uses the dataset's own train/val/test files.
     """
     if mode == "official":
         out: dict[str, list[Record]] = {name: [] for name in SPLIT_NAMES}
@@ -60,9 +74,10 @@ def assign_splits(
         else:
             free.append(name)
     random.Random(seed).shuffle(free)
-    total = len(records)
-    targets = {name: frac * total for name, frac in zip(SPLIT_NAMES, fractions)}
+    targets = free_targets(len(records), fractions, {s: len(out[s]) for s in SPLIT_NAMES})
+    taken = {s: 0 for s in SPLIT_NAMES}  # unpinned samples given to each split so far
     for name in free:
-        split = max(SPLIT_NAMES, key=lambda s: (targets[s] - len(out[s])) if targets[s] > 0 else float("-inf"))
+        split = max(SPLIT_NAMES, key=lambda s: (targets[s] - taken[s]) if targets[s] > 0 else float("-inf"))
         out[split].extend(groups[name])
+        taken[split] += len(groups[name])
     return out

@@ -211,6 +211,21 @@ def test_ranks_split_the_shards_and_resampled_mode(tmp_path, monkeypatch):
     assert len(batches) == 10 and all(len(b["key"]) == 4 for b in batches)
 
 
+def test_pinned_groups_leave_the_fractions_ratio_to_the_rest(tmp_path):
+    """Held-out test groups with a test fraction of 0: the other sequences split 4 : 1 between train and val
+    (0.8 / 0.2); before, train's target counted the pinned samples too and val got what it left."""
+    from shards.splits import free_targets
+    assert free_targets(640, (0.8, 0.2, 0.0), {"train": 0, "val": 0, "test": 160}) == {
+        "train": pytest.approx(384.0), "val": pytest.approx(96.0), "test": 0.0}
+    assert free_targets(100, (0.6, 0.2, 0.2), {"train": 0, "val": 0, "test": 0}) == {
+        "train": pytest.approx(60.0), "val": pytest.approx(20.0), "test": pytest.approx(20.0)}  # nothing pinned
+    builders.deepsense_full(tmp_path, seqs=10, frames=4, with_sensors=False)
+    records = DeepSenseReader().index(tmp_path)
+    held = assign_splits(records, "sequence", (0.8, 0.2, 0.0), held_out={"test": ["1", "2", "3", "4", "5"]})
+    assert {r.seq for r in held["test"]} == {"1", "2", "3", "4", "5"}
+    assert (len(held["train"]), len(held["val"])) == (16, 4)  # before: (20, 0), val got nothing
+
+
 def test_pinning_by_a_part_of_the_group_name(tmp_path):
     builders.deepsense_full(tmp_path, seqs=6, frames=3, with_sensors=False)
     records = DeepSenseReader().index(tmp_path)
