@@ -2,6 +2,8 @@
 PA-MPJPE (Procrustes with scale), blockage accuracy / F1 / AUC."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -21,9 +23,19 @@ def macro_f1(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(f1_score(labels, pred, average="macro", zero_division=0))
 
 
+def majority_class(labels) -> float:
+    """The most frequent label (the trivial classifier's answer); first seen wins a tie."""
+    return Counter(np.asarray(labels).reshape(-1).tolist()).most_common(1)[0][0]
+
+
+def mpjpe_per_frame_mm(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-frame mean per-joint position error in millimetres; pred/true (N, 17, 3) in metres → (N,)."""
+    return np.linalg.norm(pred - true, axis=-1).mean(-1) * 1000.0
+
+
 def mpjpe_mm(pred: np.ndarray, true: np.ndarray) -> float:
     """Mean per-joint position error in millimetres; pred/true (N, 17, 3) in metres."""
-    return float(np.linalg.norm(pred - true, axis=-1).mean() * 1000.0)
+    return float(mpjpe_per_frame_mm(pred, true).mean())
 
 
 def procrustes_align(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -39,9 +51,14 @@ def procrustes_align(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return scale * p @ rot + mu_t
 
 
-def pa_mpjpe_mm(pred: np.ndarray, true: np.ndarray) -> float:
+def pa_mpjpe_per_frame_mm(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-frame MPJPE after aligning each predicted pose to its true pose (:func:`procrustes_align`)."""
     aligned = np.stack([procrustes_align(p, t) for p, t in zip(pred, true)])
-    return mpjpe_mm(aligned, true)
+    return mpjpe_per_frame_mm(aligned, true)
+
+
+def pa_mpjpe_mm(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(pa_mpjpe_per_frame_mm(pred, true).mean())
 
 
 def binary_metrics(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -9,12 +9,10 @@ between the split's sequences only: with one held-out subject or street it says 
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 from scipy.stats import rankdata
 
-from finetune.metrics import procrustes_align
+from finetune.metrics import majority_class, mpjpe_per_frame_mm, pa_mpjpe_per_frame_mm
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -84,21 +82,15 @@ def per_frame_scores(task: str, output: np.ndarray, label: np.ndarray, train_lab
     """Per frame, (model, trivial baseline) of each headline metric: top-1 hit for beam / HAR, correct
     decision for blockage (majority class of the training labels as baseline), MPJPE and PA-MPJPE in mm for
     pose (the mean training pose, aligned to each true pose for PA)."""
-    train = np.asarray(train_labels)
     if task in ("beam", "har", "blockage"):
-        major = Counter(train.reshape(-1).tolist()).most_common(1)[0][0]
+        major = majority_class(train_labels)
         pred = output.argmax(1) if task != "blockage" else (output.reshape(-1) >= 0).astype(int)
         name = "accuracy" if task == "blockage" else "top1"
         return {name: ((pred == label).astype(float), (label == major).astype(float))}
     pred, true = output.reshape(-1, 17, 3), label.reshape(-1, 17, 3)
-    mean = np.broadcast_to(train.reshape(-1, 51).mean(0).reshape(17, 3), true.shape)
-
-    def err(p: np.ndarray) -> np.ndarray:
-        return np.linalg.norm(p - true, axis=-1).mean(1) * 1000.0
-
-    def pa(p: np.ndarray) -> np.ndarray:
-        return err(np.stack([procrustes_align(a, b) for a, b in zip(p, true)]))
-    return {"mpjpe_mm": (err(pred), err(mean)), "pa_mpjpe_mm": (pa(pred), pa(mean))}
+    mean = np.broadcast_to(np.asarray(train_labels).reshape(-1, 51).mean(0).reshape(17, 3), true.shape)
+    return {"mpjpe_mm": (mpjpe_per_frame_mm(pred, true), mpjpe_per_frame_mm(mean, true)),
+            "pa_mpjpe_mm": (pa_mpjpe_per_frame_mm(pred, true), pa_mpjpe_per_frame_mm(mean, true))}
 
 
 def compare_to_baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndarray]],

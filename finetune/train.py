@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from airbind.checkpoint import (check_world_size, checkpoint_at, latest, load_mo
                                versions, write_by_ranks)
 from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
-from finetune.metrics import task_metrics
+from finetune.metrics import majority_class, task_metrics
 from finetune.model import MMSenseModel
 from finetune.significance import compare_to_baselines
 from pretrain.data import resolve_data, split_dirs
@@ -115,7 +114,7 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
     for t, a in arrays.items():
         lab = a["label"]
         if t in ("beam", "har", "blockage") and train_labels.get(t):
-            major = Counter(np.asarray(train_labels[t]).reshape(-1).tolist()).most_common(1)[0][0]
+            major = majority_class(train_labels[t])
             out[f"{t}/baseline_accuracy"] = float((lab == major).mean())
         elif t == "hpe" and train_labels.get(t):
             mean_pose = np.mean(np.stack([np.asarray(v) for v in train_labels[t]]), axis=0)
