@@ -9,7 +9,8 @@ echo "[demo] human twin (MM-Fi layout): the cached default dataset, built once"
 HUMANS=$($PY -m twin default humans | tail -n 1)
 $PY -m twin report "$HUMANS" --out "$OUT/twin_humans_report"
 # the split of the pipeline's own twin shards (pretrain/data.py, TWIN_SPLITS): the same held-out subjects
-$PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject --fractions 0.7,0.15,0.15
+FRACTIONS=$($PY -c 'from pretrain.data import TWIN_SPLITS; print(",".join(map(str, TWIN_SPLITS["humans"]["fractions"])))')
+$PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject --fractions "$FRACTIONS"
 $PY -m shards.summary "$OUT/shards/humans" > "$OUT/shards/humans/summary.json"
 echo "[demo] human shards: $(grep -c '' "$OUT/shards/humans/summary.json") summary lines in $OUT/shards/humans/summary.json"
 echo "[demo] vehicle twin (DeepSense layout): the cached default dataset, ray-traced once (≈ 12 min the first time)"
