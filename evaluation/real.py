@@ -13,7 +13,7 @@ import numpy as np
 from airbind.paths import build_once, cache_dir
 from evaluation.common import EvalConfig, finetune_checkpoint, markdown_table, write_report
 from evaluation.training import base_config, budgeted, train_or_reuse
-from finetune.metrics import power_loss_db, topk_accuracy
+from finetune.metrics import majority_class, power_loss_db, topk_accuracy
 
 # Published position-only baseline of the DeepSense 6G beam-prediction challenge, scenario 5 test set
 # (cited, not measured here).
@@ -78,7 +78,7 @@ def run_real(ev: EvalConfig, root: Path | None = None) -> dict[str, Any] | None:
                        steps_per_epoch=max(1, ev.real_steps // ev.epochs), model=dict(tasks=["beam"], body=body))
         metrics, _ = evaluate_checkpoint(train_or_reuse(cfg), [shards / "test"], None)
         rows[name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("beam/") and "/gate/" not in k}
-    majority = np.bincount(ytr, minlength=64).argmax()
+    majority = int(majority_class(ytr))  # the same trivial classifier as the twin's baselines
     rows["majority beam of train"] = beam_metrics(np.eye(64)[np.full(len(yte), majority)], yte, pte)
     data = {"root": str(root), "samples": {"train": len(ytr), "val": len(yva), "test": len(yte)},
             "knn_val_top1": {str(k): v for k, v in val_top1.items()}, "test": rows, "published_position_only": PUBLISHED}
