@@ -35,7 +35,7 @@ class BeamPredictor(nn.Module):
             if m in POINT_MODALITIES:
                 batch[m + "_mask"] = tensors[i]
                 i += 1
-        enc = {m: self.model.encoders[m](batch) for m in self.inputs}
+        enc = self.model.normalise({m: self.model.encoders[m](batch) for m in self.inputs}, batch)
         return self.model.task_forward("beam", batch, enc, slice(None))
 
     def flatten(self, batch: dict) -> tuple[torch.Tensor, ...]:

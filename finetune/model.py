@@ -14,7 +14,7 @@ from torch import nn
 from encoders import build_encoder
 from finetune.backbone import BackboneConfig, load_backbone
 from finetune.bodies import SmallBody
-from finetune.modules import CrossModalFusion, ModalityGating, TaskLayerAttention, UncertaintyLoss
+from finetune.modules import CrossModalFusion, FeatureStandardizer, ModalityGating, TaskLayerAttention, UncertaintyLoss
 from pretrain.model import BindingConfig
 
 
@@ -80,6 +80,7 @@ class ModelConfig:
     task_attention: bool = True
     task_layers: list[int] | None = None   # hidden-state indices (0 = embeddings); default: 3 evenly spaced
     fusion_layers: int = 1
+    feature_norm: bool = True   # standardise each modality's encoder outputs (FeatureStandardizer) before gating
     body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
 
 
@@ -92,6 +93,8 @@ class MMSenseModel(nn.Module):
         self.modalities = sorted({m for s in specs.values() for m in s.inputs} & set(cfg.binding.modalities))
         enc_cfgs = cfg.binding.encoder_configs()
         self.encoders = nn.ModuleDict({m: build_encoder(enc_cfgs[m]) for m in self.modalities})
+        self.feature_norm = nn.ModuleDict({m: FeatureStandardizer(cfg.binding.d) for m in self.modalities}
+                                          ) if cfg.feature_norm else None
         self.body = None
         if cfg.body != "llm":  # a small baseline: no gating, fusion or backbone
             self.body = SmallBody(cfg.body, cfg.binding.d, len(self.modalities), cfg.binding.n_tokens)
@@ -136,6 +139,12 @@ class MMSenseModel(nn.Module):
         """The weights of the per-task modules (gating, task attention, heads): new at stage two, they may
         get their own learning rate (``--head-lr-scale``)."""
         return [p for m in (self.gating, self.task_attn, self.heads) for p in m.parameters()]
+
+    def normalise(self, enc: dict, batch: dict) -> dict:
+        """The encoder outputs after :class:`FeatureStandardizer` (unchanged when ``feature_norm`` is off)."""
+        if self.feature_norm is None:
+            return enc
+        return {m: self.feature_norm[m](out, batch["present"][m]) for m, out in enc.items()}
 
     def task_forward(self, task: str, batch: dict, enc: dict, rows: torch.Tensor) -> torch.Tensor:
         """Raw output of ``task`` for the selected rows: one forward pass per (sample, task)."""
@@ -184,12 +193,24 @@ class MMSenseModel(nn.Module):
                               for t in self.cfg.tasks]).float()
         world = 1.0
         if self.training:
-            stats = torch.cat([counts, self.label_stats(batch, rows, device), torch.ones(1, device=device)])
+            # encoder-output moments of modalities whose standardisation is not yet fixed (the same list on
+            # every rank: the buffers agree), zeros where this rank's batch lacks the modality
+            pending = [m for m in self.modalities if self.feature_norm is not None and not bool(self.feature_norm[m].ready)]
+            width = 2 + 4 * self.cfg.binding.d
+            moments = [self.feature_norm[m].moments(enc[m], batch["present"][m]) if m in enc
+                       else torch.zeros(width, device=device) for m in pending]
+            labels = self.label_stats(batch, rows, device)
+            stats = torch.cat([counts, labels, *moments, torch.ones(1, device=device)])
             if reduce is not None:
                 stats = reduce(stats)  # the last entry becomes the number of ranks
                 world = float(stats[-1])
-            counts = stats[: len(self.cfg.tasks)]
-            self.observe(stats[len(self.cfg.tasks):-1])
+            n_tasks, n_label = len(self.cfg.tasks), len(labels)
+            counts = stats[:n_tasks]
+            self.observe(stats[n_tasks:n_tasks + n_label])
+            for i, m in enumerate(pending):
+                start = n_tasks + n_label + i * width
+                self.feature_norm[m].observe(stats[start:start + width])
+        enc = self.normalise(enc, batch)
         results, losses = {}, {}
         for i, t in enumerate(self.cfg.tasks):
             n_local = int(rows[t].sum()) if t in rows else 0

@@ -4,6 +4,52 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from encoders.base import EncoderOutput
+
+
+class FeatureStandardizer(nn.Module):
+    """Per-channel standardisation of one modality's encoder outputs (tokens and pooled vector, each with its
+    own mean and spread over the rows that have the modality), before gating and fusion (Eqs. 8-9).
+
+    Contrastively trained embeddings fill a narrow cone (the "modality gap" of Liang et al., NeurIPS 2022): on
+    the demo's stage-one encoders the mean pooled image feature of human frames has norm 18 while frames
+    deviate from it by 0.55, so gating and fusion see nearly the same input for every sample. The statistics
+    come from the first training batch holding the modality (summed over ranks by the caller, so every rank
+    keeps the same buffers) and stay fixed; before that the map is the identity. Absent rows stay zero."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.d = d
+        self.register_buffer("ready", torch.tensor(False))
+        self.register_buffer("mean", torch.zeros(2, d))  # row 0: tokens, row 1: pooled
+        self.register_buffer("std", torch.ones(2, d))
+
+    def moments(self, out: EncoderOutput, present: torch.Tensor) -> torch.Tensor:
+        """[rows, tokens, Σ tokens, Σ tokens², Σ pooled, Σ pooled²] over the present rows (2 + 4 d values)."""
+        m = present.float()
+        t, p = out.tokens.detach().float(), out.pooled.detach().float()
+        tok = (t * m[:, None, None]).flatten(0, 1)
+        pool = p * m[:, None]
+        n = m.sum()[None]
+        return torch.cat([n, n * t.shape[1], tok.sum(0), tok.pow(2).sum(0), pool.sum(0), pool.pow(2).sum(0)])
+
+    @torch.no_grad()
+    def observe(self, stats: torch.Tensor) -> None:
+        """Fix the statistics from :meth:`moments` (summed over ranks) unless they are already set."""
+        if bool(self.ready) or float(stats[0]) == 0:
+            return
+        sums = stats[2:].view(4, self.d)
+        for i, n in enumerate((stats[1], stats[0])):  # tokens, pooled
+            mean = sums[2 * i] / n
+            self.mean[i].copy_(mean)
+            self.std[i].copy_((sums[2 * i + 1] / n - mean.pow(2)).clamp(min=0).sqrt().clamp(min=1e-3))
+        self.ready.fill_(True)
+
+    def forward(self, out: EncoderOutput, present: torch.Tensor) -> EncoderOutput:
+        m = present.to(out.pooled.dtype)
+        mean, std = self.mean.to(out.pooled.dtype), self.std.to(out.pooled.dtype)
+        return EncoderOutput((out.tokens - mean[0]) / std[0] * m[:, None, None], (out.pooled - mean[1]) / std[1] * m[:, None])
+
 
 class ModalityGating(nn.Module):
     """Eq. 8, modality gating: w_m = softmax_m(v^T tanh(W p_m)) over the modalities a sample has, from

@@ -52,6 +52,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--no-gating", False, action="store_true", help="ablation: equal modality weights (no Eq. 8)")
     add("--no-task-attention", False, action="store_true", help="ablation: final hidden state only (no Eqs. 12-13)")
     add("--no-backbone", False, action="store_true", help="ablation: fusion straight to the heads")
+    add("--no-feature-norm", False, action="store_true", help="feed the encoder outputs to gating and fusion "
+        "without standardising them (finetune/modules.py FeatureStandardizer)")
     add("--body", d.model.body, choices=["llm", "mlp", "cnn", "transformer"], help="llm: the full model; mlp / cnn "
         "/ transformer: a small baseline on the task's modality tokens (no gating, fusion or backbone)")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
@@ -77,7 +79,8 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
                                                   ("lora_rank", "lora_rank"), ("lora_alpha", "lora_alpha")) if src in given}
     if backbone:
         model["backbone"] = backbone
-    for flag, key in (("no_gating", "gating"), ("no_task_attention", "task_attention"), ("no_backbone", "use_backbone")):
+    for flag, key in (("no_gating", "gating"), ("no_task_attention", "task_attention"), ("no_backbone", "use_backbone"),
+                      ("no_feature_norm", "feature_norm")):
         if flag in given:
             model[key] = not getattr(a, flag)
     if "body" in given:

@@ -144,7 +144,9 @@ def save_checkpoint(engine, cfg: FinetuneConfig, state: dict[str, Any], train_la
 
 def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
     """A trained stage-two model from its checkpoint directory (backbone weights from their source)."""
-    cfg = from_dict(FinetuneConfig, json.loads((Path(ckpt) / "config.json").read_text())["config"])
+    raw = json.loads((Path(ckpt) / "config.json").read_text())["config"]
+    raw.get("model", {}).setdefault("feature_norm", False)  # checkpoints of code before FeatureStandardizer
+    cfg = from_dict(FinetuneConfig, raw)
     model = MMSenseModel(cfg.model)
     missing = load_model_weights(model, Path(ckpt), strict=False)
     bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)]  # base weights: from source

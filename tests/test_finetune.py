@@ -15,7 +15,7 @@ import torch
 
 from finetune.config import PRESETS, FinetuneConfig, merge
 from finetune.model import TASKS, MMSenseModel, TaskSpec, check_no_leak
-from finetune.modules import ModalityGating, UncertaintyLoss
+from finetune.modules import FeatureStandardizer, ModalityGating, UncertaintyLoss
 from shards.stream import collate, iter_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +74,42 @@ def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone,
     model.eval()
     model(batch)  # evaluation leaves the statistics alone
     assert float(model.pos_weight()) == pytest.approx(2.0)
+
+
+def test_encoder_outputs_standardised_with_first_batch_statistics(tiny_backbone, mixed_shards):
+    """FeatureStandardizer: per-channel mean 0 / spread 1 over the present rows of the first training batch,
+    absent rows stay zero, later batches and evaluation leave the statistics alone."""
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone).model)
+    batch = _batch(mixed_shards, n=24)
+    batch["present"]["image"][:5] = False  # some rows without a camera frame
+    with torch.no_grad():
+        raw = {m: model.encoders[m](batch) for m in model.modalities if m in batch}
+    assert not bool(model.feature_norm["image"].ready)
+    model(batch)
+    for m, out in raw.items():
+        fn = model.feature_norm[m]
+        assert bool(fn.ready), m
+        keep = batch["present"][m]
+        std = fn(out, batch["present"][m])
+        tok, pool = std.tokens[keep].flatten(0, 1), std.pooled[keep]
+        assert torch.allclose(tok.mean(0), torch.zeros(fn.d), atol=1e-3), m
+        assert torch.allclose(pool.mean(0), torch.zeros(fn.d), atol=1e-3), m
+        busy = out.pooled[keep].std(0) > 1e-2  # channels that vary: unit spread (population std)
+        assert torch.allclose(pool[:, busy].pow(2).mean(0), torch.ones(int(busy.sum())), rtol=1e-2), m
+        assert not bool(std.tokens[~keep].any()) and not bool(std.pooled[~keep].any()), m
+    before = model.feature_norm["image"].mean.clone()
+    model(_batch(mixed_shards, n=12, offset=24))
+    model.eval()
+    model(batch)
+    assert torch.equal(model.feature_norm["image"].mean, before)
+    # the moments are sums, so a second rank's share adds up (what MMSenseModel.forward's reduce relies on)
+    out, present = raw["gps"], batch["present"]["gps"]
+    fn = FeatureStandardizer(out.pooled.shape[1])
+    half = torch.zeros_like(present)
+    half[: len(present) // 2] = True
+    both = fn.moments(out, present & half) + fn.moments(out, present & ~half)
+    assert torch.allclose(both, fn.moments(out, present), rtol=1e-5, atol=1e-4)
 
 
 def test_gating_gives_missing_modalities_zero_weight():
@@ -148,6 +184,19 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
     again, _ = evaluate(model, cfg, [mixed_shards / "vehicles/val", mixed_shards / "humans/val"], cfg.val_max_samples)
     for k in ("beam/top1", "har/top1", "hpe/mpjpe_mm"):
         assert again[k] == pytest.approx(result[k], abs=1e-5)  # the reloaded model predicts the same
+    assert model.feature_norm is not None and all(bool(fn.ready) for fn in model.feature_norm.values())
+    # a checkpoint of the code before FeatureStandardizer (no such key, no such buffers) still loads, without it
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    old = tmp_path / "old_ckpt"
+    shutil.copytree(ckpt, old)
+    meta = json.loads((old / "config.json").read_text())
+    del meta["config"]["model"]["feature_norm"]
+    (old / "config.json").write_text(json.dumps(meta))
+    weights = load_file(old / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("feature_norm.")}, old / "model.safetensors")
+    assert load_model(old)[0].feature_norm is None
     pred = tmp_path / "pred.jsonl"
     proc = subprocess.run([sys.executable, str(REPO / "finetune/predict.py"), str(ckpt), "--shards",
                            str(mixed_shards / "vehicles/val"), "--out", str(pred)], capture_output=True, text=True,
@@ -162,8 +211,10 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
 def _export_case(tiny_backbone, mixed_shards):
     from finetune.export import BeamPredictor, export
     torch.manual_seed(0)
-    model = MMSenseModel(_cfg(tiny_backbone).model).eval()
-    predictor = BeamPredictor(model, max_points=64)
+    model = MMSenseModel(_cfg(tiny_backbone).model)
+    with torch.no_grad():
+        model(_batch(mixed_shards, n=12, offset=12))  # one training-mode pass fixes the feature statistics
+    predictor = BeamPredictor(model.eval(), max_points=64)
     batch = _batch(mixed_shards, n=6)
     x = predictor.flatten(batch)
     assert x[0].shape == (6, len(predictor.inputs)) and predictor(*x).shape == (6, 64)
