@@ -180,8 +180,9 @@ class MMSenseModel(nn.Module):
 
         ``reduce`` (data-parallel training) sums a tensor over the ranks. Each task's loss is then the mean over
         the task's rows of the *global* batch, scaled so that the rank average DeepSpeed takes of the gradients
-        equals one process on the whole batch; the label statistics (pose scale, blockage counts) are global too,
-        so every rank keeps the same buffers. Every rank calls ``reduce`` exactly once per training step."""
+        equals one process on the whole batch; the label statistics (pose scale, blockage counts) and the
+        encoder-output statistics of :class:`FeatureStandardizer` are global too, so every rank keeps the same
+        buffers. Every rank calls ``reduce`` exactly once per training step."""
         enc = {m: self.encoders[m](batch) for m in self.modalities if m in batch}
         rows = {}
         for t in self.cfg.tasks:
