@@ -199,14 +199,14 @@ class MMSenseModel(nn.Module):
             pending = [m for m in self.modalities if self.feature_norm is not None and not bool(self.feature_norm[m].ready)]
             width = 2 + 4 * self.cfg.binding.d
             moments = [self.feature_norm[m].moments(enc[m], batch["present"][m]) if m in enc
-                       else torch.zeros(width, device=device) for m in pending]
+                       else torch.zeros(width, device=device, dtype=torch.float64) for m in pending]
             labels = self.label_stats(batch, rows, device)
-            stats = torch.cat([counts, labels, *moments, torch.ones(1, device=device)])
+            stats = torch.cat([counts.double(), labels.double(), *moments, torch.ones(1, device=device, dtype=torch.float64)])
             if reduce is not None:
                 stats = reduce(stats)  # the last entry becomes the number of ranks
                 world = float(stats[-1])
             n_tasks, n_label = len(self.cfg.tasks), len(labels)
-            counts = stats[:n_tasks]
+            counts = stats[:n_tasks].float()
             self.observe(stats[n_tasks:n_tasks + n_label])
             for i, m in enumerate(pending):
                 start = n_tasks + n_label + i * width

@@ -15,7 +15,8 @@ class FeatureStandardizer(nn.Module):
     the demo's stage-one encoders the mean pooled image feature of human frames has norm 18 while frames
     deviate from it by 0.55, so gating and fusion see nearly the same input for every sample. The statistics
     come from the first training batch holding the modality (summed over ranks by the caller, so every rank
-    keeps the same buffers) and stay fixed; before that the map is the identity. Absent rows stay zero."""
+    keeps the same buffers) and stay fixed; before that the map is the identity. A channel's spread is floored
+    at a tenth of the modality's typical one. Absent rows stay zero."""
 
     def __init__(self, d: int):
         super().__init__()
@@ -25,9 +26,11 @@ class FeatureStandardizer(nn.Module):
         self.register_buffer("std", torch.ones(2, d))
 
     def moments(self, out: EncoderOutput, present: torch.Tensor) -> torch.Tensor:
-        """[rows, tokens, Σ tokens, Σ tokens², Σ pooled, Σ pooled²] over the present rows (2 + 4 d values)."""
-        m = present.float()
-        t, p = out.tokens.detach().float(), out.pooled.detach().float()
+        """[rows, tokens, Σ tokens, Σ tokens², Σ pooled, Σ pooled²] over the present rows (2 + 4 d values), in
+        float64: the spread is Σx²/n - mean², and with means far larger than the spreads (the cone) float32 sums
+        lose the spread to rounding, differently for each way of splitting the batch over ranks."""
+        m = present.double()
+        t, p = out.tokens.detach().double(), out.pooled.detach().double()
         tok = (t * m[:, None, None]).flatten(0, 1)
         pool = p * m[:, None]
         n = m.sum()[None]
@@ -41,8 +44,12 @@ class FeatureStandardizer(nn.Module):
         sums = stats[2:].view(4, self.d)
         for i, n in enumerate((stats[1], stats[0])):  # tokens, pooled
             mean = sums[2 * i] / n
+            var = (sums[2 * i + 1] / n - mean.pow(2)).clamp(min=0)
+            # a channel that hardly varies is scaled up at most 10 x relative to the typical one: dividing by a
+            # near-zero spread would blow up rounding noise (and make ranks disagree on it)
+            floor = (0.1 * var.mean().sqrt()).clamp(min=1e-6)
             self.mean[i].copy_(mean)
-            self.std[i].copy_((sums[2 * i + 1] / n - mean.pow(2)).clamp(min=0).sqrt().clamp(min=1e-3))
+            self.std[i].copy_(var.sqrt().clamp(min=floor))
         self.ready.fill_(True)
 
     def forward(self, out: EncoderOutput, present: torch.Tensor) -> EncoderOutput:
