@@ -3,6 +3,8 @@ PA-MPJPE (Procrustes with scale), blockage accuracy / F1 / AUC."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
@@ -23,7 +25,7 @@ def macro_f1(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(f1_score(labels, pred, average="macro", zero_division=0))
 
 
-def majority_class(labels) -> float:
+def majority_class(labels: np.ndarray | Sequence) -> Any:
     """The most frequent label (the trivial classifier's answer); first seen wins a tie."""
     return Counter(np.asarray(labels).reshape(-1).tolist()).most_common(1)[0][0]
 
