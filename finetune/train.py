@@ -142,11 +142,28 @@ def save_checkpoint(engine, cfg: FinetuneConfig, state: dict[str, Any], train_la
                           lambda tmp: save_state(tmp / f"optimizer-rank{engine.rank}", engine.optimizer_state()), shared)
 
 
-def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
-    """A trained stage-two model from its checkpoint directory (backbone weights from their source)."""
+def saved_config(ckpt: Path) -> dict[str, Any]:
+    """The ``FinetuneConfig`` a checkpoint was written with, as a dict (keys of later code filled in as
+    the code of that checkpoint behaved)."""
     raw = json.loads((Path(ckpt) / "config.json").read_text())["config"]
     raw.get("model", {}).setdefault("feature_norm", False)  # checkpoints of code before FeatureStandardizer
-    cfg = from_dict(FinetuneConfig, raw)
+    return raw
+
+
+def check_resumable(ckpt: Path, cfg: FinetuneConfig) -> None:
+    """Refuse to resume ``ckpt`` with a model that differs from the one it saved (e.g. a checkpoint of the
+    code before FeatureStandardizer under today's default: its statistics would be set mid-run)."""
+    saved, now = saved_config(ckpt).get("model", {}), asdict(cfg.model)
+    diff = sorted(k for k in now if k in saved and json.dumps(saved[k], default=str) != json.dumps(now[k], default=str))
+    if diff:
+        detail = "; ".join(f"{k}: saved {saved[k]!r}, now {now[k]!r}" for k in diff)
+        raise ValueError(f"{ckpt}: cannot resume, the model options differ from the checkpoint's ({detail}); "
+                         "pass the options it was trained with")
+
+
+def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
+    """A trained stage-two model from its checkpoint directory (backbone weights from their source)."""
+    cfg = from_dict(FinetuneConfig, saved_config(ckpt))
     model = MMSenseModel(cfg.model)
     missing = load_model_weights(model, Path(ckpt), strict=False)
     bad = [k for k in missing if not (k.startswith("backbone.") and "lora_" not in k)]  # base weights: from source
@@ -177,6 +194,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         if path is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
         check_world_size(path, engine.world_size)
+        check_resumable(path, cfg)
         load_model_weights(model, path, strict=False)  # LoRA/trainable weights; the base comes from its source
         engine.load_optimizer_state(load_state(path / f"optimizer-rank{rank}"))
         saved = load_state(path / "trainer_state")

@@ -199,6 +199,10 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
     weights = load_file(old / "model.safetensors")
     save_file({k: v for k, v in weights.items() if not k.startswith("feature_norm.")}, old / "model.safetensors")
     assert load_model(old)[0].feature_norm is None
+    from finetune.train import check_resumable
+    check_resumable(ckpt, cfg)  # same options: resumable
+    with pytest.raises(ValueError, match="feature_norm: saved False, now True"):
+        check_resumable(old, cfg)  # today's default would set the statistics mid-run
     pred = tmp_path / "pred.jsonl"
     proc = subprocess.run([sys.executable, str(REPO / "finetune/predict.py"), str(ckpt), "--shards",
                            str(mixed_shards / "vehicles/val"), "--out", str(pred)], capture_output=True, text=True,
@@ -208,6 +212,22 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
     assert "beam/top1_minus_baseline_ci_high" in rows[-1]["metrics"]
     beam_rows = [r for r in rows if r.get("task") == "beam"]
     assert beam_rows and all(0 <= r["prediction"]["beam"] < 64 for r in beam_rows)
+
+
+def test_resume_continues_and_refuses_other_model_options(tiny_backbone, mixed_shards, tmp_path):
+    out = tmp_path / "ft"
+    base = [sys.executable, str(REPO / "finetune/run.py"), "--tasks", "all", "--preset", "small", "--backbone",
+            str(tiny_backbone), "--data", str(mixed_shards / "vehicles"), str(mixed_shards / "humans"),
+            "--out", str(out), "--no-progress", "--steps-per-epoch", "3"]
+    proc = subprocess.run(base + ["--stop-after-steps", "2"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run(base + ["--resume", "latest", "--no-feature-norm"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode != 0 and "feature_norm: saved True, now False" in proc.stderr, proc.stderr[-2000:]
+    assert (out / "checkpoints" / "step-000002").is_dir()  # the refused resume lost nothing
+    proc = subprocess.run(base + ["--resume", "latest"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["step"] == 3
 
 
 def _export_case(tiny_backbone, mixed_shards):
