@@ -107,6 +107,18 @@ def check_world_size(ckpt: Path, world_size: int) -> None:
                          "resume with the same number of ranks")
 
 
+def check_same_options(ckpt: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Resuming needs the options that built the model: refuse when one of ``now`` (``asdict`` of the model's
+    config) differs from the checkpoint's ``saved`` one, naming each (compared as the JSON they are saved as)."""
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, default=str) == json.dumps(b, default=str)
+    diff = sorted(k for k in now if k in saved and not same(saved[k], now[k]))
+    if diff:
+        detail = "; ".join(f"{k}: saved {saved[k]!r}, now {now[k]!r}" for k in diff)
+        raise ValueError(f"{ckpt}: cannot resume, the model options differ from the checkpoint's ({detail}); "
+                         "pass the options it was trained with")
+
+
 def write_by_ranks(root: Path, name: str, rank: int, barrier: Callable[[], None],
                    every_rank: Callable[[Path], None], rank_zero: Callable[[Path], None]) -> Path | None:
     """One checkpoint written by all ranks: rank 0 opens the partial directory, every rank adds its own files

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from airbind.checkpoint import (check_world_size, checkpoint_at, latest, load_model_weights, load_state, save_state,
-                               versions, write_by_ranks)
+from airbind.checkpoint import (check_same_options, check_world_size, checkpoint_at, latest, load_model_weights,
+                               load_state, save_state, versions, write_by_ranks)
 from airbind.paths import configure_tool_caches
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import majority_class, task_metrics
@@ -153,12 +153,7 @@ def saved_config(ckpt: Path) -> dict[str, Any]:
 def check_resumable(ckpt: Path, cfg: FinetuneConfig) -> None:
     """Refuse to resume ``ckpt`` with a model that differs from the one it saved (e.g. a checkpoint of the
     code before FeatureStandardizer under today's default: its statistics would be set mid-run)."""
-    saved, now = saved_config(ckpt).get("model", {}), asdict(cfg.model)
-    diff = sorted(k for k in now if k in saved and json.dumps(saved[k], default=str) != json.dumps(now[k], default=str))
-    if diff:
-        detail = "; ".join(f"{k}: saved {saved[k]!r}, now {now[k]!r}" for k in diff)
-        raise ValueError(f"{ckpt}: cannot resume, the model options differ from the checkpoint's ({detail}); "
-                         "pass the options it was trained with")
+    check_same_options(ckpt, saved_config(ckpt).get("model", {}), asdict(cfg.model))
 
 
 def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:

@@ -143,9 +143,11 @@ def load_optimizer_state(engine, state: dict[str, Any]) -> None:
         dst.data.copy_(src)
 
 
-def load_checkpoint(engine, path: Path, info: DistInfo) -> dict[str, Any]:
-    from airbind.checkpoint import check_world_size, load_model_weights
+def load_checkpoint(engine, path: Path, info: DistInfo, cfg: PretrainConfig) -> dict[str, Any]:
+    from airbind.checkpoint import check_same_options, check_world_size, load_model_weights
     check_world_size(path, info.world_size)
+    check_same_options(path, json.loads((path / "config.json").read_text())["config"].get("binding", {}),
+                       asdict(cfg.binding))
     load_model_weights(engine.module, path)
     load_optimizer_state(engine, load_state(path / f"optimizer-rank{info.rank}"))
     state = load_state(path / "trainer_state")
@@ -198,7 +200,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         path = latest(out / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
         if path is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
-        state = load_checkpoint(engine, path, info)
+        state = load_checkpoint(engine, path, info, cfg)
         if info.rank == 0:
             print(f"resumed from {path} at step {state['step']}")
     writer = None

@@ -197,11 +197,14 @@ def test_two_deepspeed_ranks_give_the_loss_of_one(mixed_shards, tmp_path):
     assert one[0] != pytest.approx(one[1], rel=1e-6)  # the step changed the model
 
 
+def _pretrain_cmd(out: Path, data: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "pretrain/run.py"), "--preset", "small", "--data", str(data / "vehicles"),
+            str(data / "humans"), "--out", str(out), "--no-progress", "--steps-per-epoch", "4", "--epochs", "2",
+            "--checkpoint-every", "3", "--workers", "1", *extra]
+
+
 def _pretrain(out: Path, data: Path, *extra: str) -> dict:
-    cmd = [sys.executable, str(REPO / "pretrain/run.py"), "--preset", "small", "--data", str(data / "vehicles"),
-           str(data / "humans"), "--out", str(out), "--no-progress", "--steps-per-epoch", "4", "--epochs", "2",
-           "--checkpoint-every", "3", "--workers", "1", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(_pretrain_cmd(out, data, *extra), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{"):])
 
@@ -210,6 +213,10 @@ def test_resume_reproduces_the_uninterrupted_run(mixed_shards, tmp_path):
     from safetensors.torch import load_file
     full = _pretrain(tmp_path / "full", mixed_shards)
     _pretrain(tmp_path / "cut", mixed_shards, "--stop-after-steps", "3")
+    # another model (here: another anchor) is refused, naming the option, and the checkpoint is left as it was
+    proc = subprocess.run(_pretrain_cmd(tmp_path / "cut", mixed_shards, "--resume", "latest", "--anchor", "image"),
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode != 0 and "anchor: saved 'auto', now 'image'" in proc.stderr, proc.stderr[-2000:]
     resumed = _pretrain(tmp_path / "cut", mixed_shards, "--resume", "latest")
     assert full["step"] == resumed["step"] == 8
     a = load_file(Path(full["checkpoint"]) / "model.safetensors")
