@@ -197,9 +197,8 @@ class MMSenseModel(nn.Module):
             # encoder-output moments of modalities whose standardisation is not yet fixed (the same list on
             # every rank: the buffers agree), zeros where this rank's batch lacks the modality
             pending = [m for m in self.modalities if self.feature_norm is not None and not bool(self.feature_norm[m].ready)]
-            width = 2 + 4 * self.cfg.binding.d
             moments = [self.feature_norm[m].moments(enc[m], batch["present"][m]) if m in enc
-                       else torch.zeros(width, device=device, dtype=torch.float64) for m in pending]
+                       else torch.zeros(self.feature_norm[m].width, device=device, dtype=torch.float64) for m in pending]
             labels = self.label_stats(batch, rows, device)
             stats = torch.cat([counts.double(), labels.double(), *moments, torch.ones(1, device=device, dtype=torch.float64)])
             if reduce is not None:
@@ -208,9 +207,10 @@ class MMSenseModel(nn.Module):
             n_tasks, n_label = len(self.cfg.tasks), len(labels)
             counts = stats[:n_tasks].float()
             self.observe(stats[n_tasks:n_tasks + n_label])
-            for i, m in enumerate(pending):
-                start = n_tasks + n_label + i * width
-                self.feature_norm[m].observe(stats[start:start + width])
+            start = n_tasks + n_label
+            for m, part in zip(pending, moments):
+                self.feature_norm[m].observe(stats[start:start + len(part)])
+                start += len(part)
         enc = self.normalise(enc, batch)
         results, losses = {}, {}
         for i, t in enumerate(self.cfg.tasks):

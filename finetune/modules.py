@@ -25,6 +25,11 @@ class FeatureStandardizer(nn.Module):
         self.register_buffer("mean", torch.zeros(2, d))  # row 0: tokens, row 1: pooled
         self.register_buffer("std", torch.ones(2, d))
 
+    @property
+    def width(self) -> int:
+        """Length of the :meth:`moments` vector."""
+        return 2 + 4 * self.d
+
     def moments(self, out: EncoderOutput, present: torch.Tensor) -> torch.Tensor:
         """[rows, tokens, Σ tokens, Σ tokens², Σ pooled, Σ pooled²] over the present rows (2 + 4 d values), in
         float64: the spread is Σx²/n - mean², and with means far larger than the spreads (the cone) float32 sums
