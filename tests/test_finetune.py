@@ -292,13 +292,13 @@ def _deepspeed_worker(rank: int, world: int, port: int, root: str, backbone: str
     loss, _ = m(local, reduce=engine._sum)
     loss = loss + 0.0 * sum(p.sum() for p in engine.params)
     engine.engine.backward(loss)
-    grads = [(n, p.grad.double()) for n, p in m.named_parameters() if p.requires_grad and p.grad is not None]
+    grads = {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.requires_grad and p.grad is not None}
     total = float(engine._sum(loss.detach())) / world  # every rank takes part in the sum
     if rank == 0:
+        from safetensors.torch import save_file
+        save_file(grads, out + ".grads.safetensors")
         Path(out).write_text(json.dumps({
-            "loss": total,
-            "grad_sum": {n: float(g.sum()) for n, g in grads}, "grad_norm": {n: float(g.norm()) for n, g in grads},
-            "hpe_scale": m.hpe_scale.tolist(), "blockage_counts": m.blockage_counts.tolist(),
+            "loss": total, "hpe_scale": m.hpe_scale.tolist(), "blockage_counts": m.blockage_counts.tolist(),
             "hpe_mean": m.hpe_mean.tolist()}))
     torch.distributed.destroy_process_group()
 
@@ -311,22 +311,25 @@ def test_two_deepspeed_ranks_train_like_one(tiny_backbone, mixed_shards, tmp_pat
     import torch.multiprocessing as mp
 
     from pretrain.distributed import free_port
-    got = {}
+    from safetensors.torch import load_file
+    got, grads = {}, {}
     for world in (1, 2):
         out = tmp_path / f"{world}.json"
         mp.start_processes(_deepspeed_worker, args=(world, free_port(), str(mixed_shards), str(tiny_backbone), str(out)),
                            nprocs=world, start_method="spawn", join=True)
         got[world] = json.loads(out.read_text())
+        grads[world] = load_file(f"{out}.grads.safetensors")
     one, two = got[1], got[2]
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     for key in ("hpe_scale", "blockage_counts", "hpe_mean"):
         assert np.allclose(one[key], two[key], rtol=1e-5, atol=1e-7), key
-    assert one["grad_norm"].keys() == two["grad_norm"].keys()
-    scale = max(one["grad_norm"].values())
-    for name in one["grad_norm"]:
-        assert one["grad_norm"][name] == pytest.approx(two["grad_norm"][name], rel=1e-3, abs=1e-6 * scale), name
-        assert one["grad_sum"][name] == pytest.approx(two["grad_sum"][name], rel=1e-3, abs=1e-6 * scale), name
-    assert one["grad_norm"]["loss.log_vars.hpe"] > 0 and one["grad_norm"]["heads.beam.1.weight"] > 0
+    assert grads[1].keys() == grads[2].keys()
+    norm = {n: float(g.double().norm()) for n, g in grads[1].items()}
+    scale = max(norm.values())
+    for name, g in grads[1].items():  # the whole tensor: a sum of entries that nearly cancel is ill-conditioned
+        gap = float((g.double() - grads[2][name].double()).norm())
+        assert gap <= 1e-4 * norm[name] + 1e-7 * scale, (name, gap, norm[name])
+    assert norm["loss.log_vars.hpe"] > 0 and norm["heads.beam.1.weight"] > 0
 
 
 def test_engine_choice(monkeypatch):
