@@ -11,7 +11,7 @@ from airbind.paths import build_once, cache_dir
 
 
 # Bump when the simulation changes in a way the configuration does not show, so caches are rebuilt.
-TWIN_VERSION = 2  # 2: LoS blockage requires the Fresnel core to be obstructed
+TWIN_VERSION = 3  # 2: LoS blockage requires the Fresnel core to be obstructed; 3: vehicle colours fixed
 
 
 def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:

@@ -33,6 +33,7 @@ from twin.vehicle_sensors import BeamConfig, FMCWConfig, beam_power, measured_po
 MATERIALS_60GHZ = {"brick": (3.91, 0.046), "marble": (7.07, 0.244)}
 CAR_HALF = np.array([2.2, 0.9, 0.775])    # half extents of sionna's low_poly_car (x along the car)
 TRUCK_SCALE = np.array([1.6, 1.35, 2.2])
+VEHICLE_RGB = (0.22, 0.22, 0.254)  # the 'metal' colour of Sionna's street scenes
 
 
 @dataclass
@@ -74,7 +75,10 @@ class StreetSim:
             if name in MATERIALS_60GHZ:
                 if name not in replaced:
                     eps, sigma = MATERIALS_60GHZ[name]
-                    replaced[name] = rt.RadioMaterial(name=f"{name}_60ghz", relative_permittivity=eps, conductivity=sigma)
+                    # the original's colour: a material made without one gets a random colour from numpy's
+                    # global state, and the camera frames would differ from run to run
+                    replaced[name] = rt.RadioMaterial(name=f"{name}_60ghz", relative_permittivity=eps, conductivity=sigma,
+                                                      color=obj.radio_material.color)
                 obj.radio_material = replaced[name]
         for name in replaced:
             scene.remove(name)
@@ -83,7 +87,7 @@ class StreetSim:
                                         horizontal_spacing=0.5, pattern="iso", polarization="V")
         scene.rx_array = rt.PlanarArray(num_rows=1, num_cols=1, vertical_spacing=0.5, horizontal_spacing=0.5,
                                         pattern="iso", polarization="V")
-        metal = rt.ITURadioMaterial(name="vehicle_metal", itu_type="metal", thickness=0.01)
+        metal = rt.ITURadioMaterial(name="vehicle_metal", itu_type="metal", thickness=0.01, color=VEHICLE_RGB)
         self.cars = []
         for i in range(len(movers) + 1):  # index 0 is unit2
             car = rt.SceneObject(fname=rt.scene.low_poly_car, name=f"vehicle_{i}", radio_material=metal)
