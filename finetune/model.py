@@ -230,7 +230,11 @@ class MMSenseModel(nn.Module):
                 loss = 0.5 * (F.mse_loss(out[:, :3], goal[:, :3]) + F.mse_loss(out[:, 3:], goal[:, 3:]))
                 out = pose_from_parts(self.hpe_mean + out * scale)
             else:
-                loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label, pos_weight=self.pos_weight())
+                w = self.pos_weight()
+                loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label, pos_weight=w)
+                # the weighted loss trains the log-odds under balanced classes; minus log w gives them under the
+                # training labels' own prior (prior correction), whose 0.5 threshold is the accuracy-optimal one
+                out = out - torch.log(w).to(out.dtype)
             losses[t] = loss * (n_local * world / counts[i]) if self.training else loss
             results[t] = {"rows": rows[t], "output": out, "label": label, "loss": loss}
         total = self.loss(losses) if losses else sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)

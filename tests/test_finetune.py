@@ -68,7 +68,8 @@ def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone,
     assert float(r["loss"].detach()) == pytest.approx(float(0.5 * (err_root + err_rel)), rel=1e-4)
     from finetune.model import pose_from_parts, pose_parts
     assert torch.allclose(pose_from_parts(pose_parts(r["label"])), r["label"], atol=1e-6)
-    logit, y = res["blockage"]["output"].squeeze(-1), res["blockage"]["label"]
+    # the output is the log-odds under the training prior: the weighted loss sees it plus log w (w = 2)
+    logit, y = res["blockage"]["output"].squeeze(-1) + math.log(2.0), res["blockage"]["label"]
     by_hand = -(2.0 * y * torch.log(torch.sigmoid(logit)) + (1 - y) * torch.log(1 - torch.sigmoid(logit))).mean()
     assert float(res["blockage"]["loss"].detach()) == pytest.approx(float(by_hand), rel=1e-5)
     model.eval()
