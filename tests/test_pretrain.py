@@ -103,6 +103,38 @@ def test_farthest_point_sampling_matches_its_definition():
         assert idx[b, :n].tolist() == ref and picked[b].tolist() == [True] * n + [False] * (6 - n)
 
 
+def test_point_offsets_reach_theta_at_unit_scale_and_ignore_padding():
+    """The second half of the offsets has RMS 1 over the valid neighbours whatever the cloud's size; padded
+    points, whatever their coordinates, change no real output of the encoder."""
+    from encoders import EncoderConfig, build_encoder
+    from encoders.points import normalise_offsets
+    rng = np.random.default_rng(2)
+    rel = torch.tensor(rng.normal(size=(2, 5, 4, 3)), dtype=torch.float32) * torch.tensor([0.01, 30.0])[:, None, None, None]
+    valid = torch.ones(2, 5, 4, dtype=torch.bool)
+    valid[1, :, 3] = False
+    out = normalise_offsets(rel, valid)
+    assert torch.equal(out[..., :3], rel)
+    for b in range(2):
+        unit = out[b, ..., 3:][valid[b]]
+        assert float(unit.pow(2).sum(-1).mean()) == pytest.approx(1.0, rel=1e-5)
+    moved = rel.clone()
+    moved[1, :, 3] = 1e3  # an invalid neighbour does not count
+    assert torch.allclose(normalise_offsets(moved, valid)[valid], out[valid])
+
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig("radar", d=32, n_tokens=4, options={"mid_points": 8})).eval()
+    pts = torch.tensor(rng.normal(size=(2, 30, 5)) * [0.4, 0.4, 0.8, 1.0, 10.0] + [0, 3, 0, 0, 40], dtype=torch.float32)
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[0, 18:] = False
+    pts[0, 18:] = 0.0
+    batch = {"radar": pts, "radar_mask": mask, "present": {"radar": torch.ones(2, dtype=torch.bool)}}
+    ref = enc(batch)
+    pts2 = pts.clone()
+    pts2[0, 18:] = torch.tensor(rng.normal(size=(12, 5)) * 50, dtype=torch.float32)
+    got = enc({**batch, "radar": pts2})
+    assert torch.allclose(got.pooled, ref.pooled, atol=1e-5) and torch.allclose(got.tokens, ref.tokens, atol=1e-5)
+
+
 def test_checkpoint_lookup_names_the_path_when_there_is_none(tmp_path):
     from airbind.checkpoint import CheckpointDir, checkpoint_at
     run = tmp_path / "run"
