@@ -70,6 +70,14 @@ def label_rows(task: str, batch: dict) -> torch.Tensor:
     return batch["blockage"] >= 0
 
 
+def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
+    """Modality dropout (ModDrop, Neverova et al., TPAMI 2016): each present input (B, M) is hidden with
+    probability ``p``, as if missing (gate weight 0, masked in the fusion); a row that would lose all its inputs
+    keeps them all. Draws come from the CPU generator, whose state the checkpoints store."""
+    keep = present & (torch.rand(present.shape) >= p).to(present.device)
+    return torch.where(keep.any(1, keepdim=True), keep, present)
+
+
 @dataclass
 class ModelConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -81,6 +89,7 @@ class ModelConfig:
     task_layers: list[int] | None = None   # hidden-state indices (0 = embeddings); default: 3 evenly spaced
     fusion_layers: int = 1
     feature_norm: bool = True   # standardise each modality's encoder outputs (FeatureStandardizer) before gating
+    modality_dropout: float = 0.0  # training only: each present input of a (sample, task) hidden with this probability
     body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
 
 
@@ -153,6 +162,8 @@ class MMSenseModel(nn.Module):
         tokens = torch.stack([enc[m].tokens[rows] for m in mods], 1)
         pooled = torch.stack([enc[m].pooled[rows] for m in mods], 1)
         present = torch.stack([batch["present"][m][rows] for m in mods], 1)
+        if self.training and self.cfg.modality_dropout > 0:
+            present = drop_modalities(present, self.cfg.modality_dropout)
         weights = self.gating[task](pooled, present)
         self.last_gates[task] = weights.detach()
         full_w = tokens.new_zeros(len(weights), len(self.modalities))

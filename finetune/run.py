@@ -56,6 +56,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "without standardising them (finetune/modules.py FeatureStandardizer)")
     add("--body", d.model.body, choices=["llm", "mlp", "cnn", "transformer"], help="llm: the full model; mlp / cnn "
         "/ transformer: a small baseline on the task's modality tokens (no gating, fusion or backbone)")
+    add("--modality-dropout", d.model.modality_dropout, type=float, help="training only: hide each present input "
+        "modality of a (sample, task) with this probability (ModDrop), so that no task leans on one modality")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -87,6 +89,10 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
         model["body"] = a.body
     if "task_layers" in given:
         model["task_layers"] = a.task_layers
+    if "modality_dropout" in given:
+        if not 0.0 <= a.modality_dropout < 1.0:
+            raise SystemExit(f"--modality-dropout {a.modality_dropout}: must be in [0, 1)")
+        model["modality_dropout"] = a.modality_dropout
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {list(TASKS)}")

@@ -127,6 +127,40 @@ def test_gating_gives_missing_modalities_zero_weight():
     assert torch.allclose(eq[0], torch.tensor([0.5, 0.0, 0.5]))
 
 
+def test_modality_dropout_hides_present_inputs_only_in_training(tiny_backbone, mixed_shards):
+    """ModDrop never reveals an absent modality, never leaves a row without inputs, hides about p of the
+    present ones, is a gate weight of 0 where it hides, and changes nothing in evaluation."""
+    from finetune.model import drop_modalities
+    torch.manual_seed(0)
+    present = torch.rand(4000, 4) < 0.7
+    present[:10] = False
+    present[10:20] = torch.tensor([False, True, False, False])
+    kept = drop_modalities(present, 0.4)
+    assert not (kept & ~present).any()
+    assert (kept.any(1) == present.any(1)).all()
+    assert kept[10:20].equal(present[10:20])  # a single input is never hidden
+    many = present.sum(1) >= 2
+    hidden = (present & ~kept)[many].sum() / present[many].sum()
+    assert 0.3 < float(hidden) < 0.42  # 0.4, less the rows that would have lost every input
+    model = MMSenseModel(_cfg(tiny_backbone, modality_dropout=0.5).model)
+    batch = _batch(mixed_shards)
+    model.train()
+    _, res = model(batch)
+    hidden_present = 0
+    for t, r in res.items():
+        inputs = [m for m in model.specs[t].inputs if m in model.modalities]
+        shown = torch.stack([batch["present"][m][r["rows"]] for m in inputs], 1)
+        hidden_present += int(((model.last_gates[t] == 0) & shown).sum())
+    assert hidden_present > 0  # without dropout every present input has a positive softmax weight
+    model.eval()
+    with torch.no_grad():
+        _, res = model(batch)
+        model.cfg.modality_dropout = 0.0
+        _, ref = model(batch)
+    for t in res:
+        assert torch.equal(res[t]["output"], ref[t]["output"])
+
+
 def test_uncertainty_loss_by_hand():
     u = UncertaintyLoss(["beam", "har"])
     with torch.no_grad():
