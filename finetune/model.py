@@ -99,6 +99,8 @@ class MMSenseModel(nn.Module):
         self.cfg = cfg
         specs = {t: TASKS[t] for t in cfg.tasks}
         check_no_leak(specs)
+        if not 0.0 <= cfg.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout {cfg.modality_dropout}: must be in [0, 1)")
         self.modalities = sorted({m for s in specs.values() for m in s.inputs} & set(cfg.binding.modalities))
         enc_cfgs = cfg.binding.encoder_configs()
         self.encoders = nn.ModuleDict({m: build_encoder(enc_cfgs[m]) for m in self.modalities})

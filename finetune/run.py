@@ -90,8 +90,6 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
     if "task_layers" in given:
         model["task_layers"] = a.task_layers
     if "modality_dropout" in given:
-        if not 0.0 <= a.modality_dropout < 1.0:
-            raise SystemExit(f"--modality-dropout {a.modality_dropout}: must be in [0, 1)")
         model["modality_dropout"] = a.modality_dropout
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]
     if unknown:
