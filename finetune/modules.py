@@ -64,18 +64,29 @@ class FeatureStandardizer(nn.Module):
 
 
 class ModalityGating(nn.Module):
-    """Eq. 8, modality gating: w_m = softmax_m(v^T tanh(W p_m)) over the modalities a sample has, from
+    """Eq. 8, modality gating: w_m = softmax_m(v^T tanh(W LN(p_m))) over the modalities a sample has, from
     their pooled features p_m; an absent modality gets weight 0 and the others renormalise. With
-    ``enabled=False`` (ablation) present modalities get equal weights."""
+    ``enabled=False`` (ablation) present modalities get equal weights.
+
+    The gate reads p_m through a stop-gradient and a LayerNorm, so only its own weights decide the
+    weights. Otherwise the encoders, shared by all tasks and trained at the backbone's rate, move the
+    logits far faster than the gate does. Each task's training then reshapes the pooled features, and
+    every other task's gate collapses onto whichever modality grows. On the demo run the beam gate ended
+    at 0.90 on LiDAR, the modality with the weakest beam retrieval, and beam top-1 equalled the majority
+    class. Its own weights had hardly moved (|W| 6.57 → 6.58)."""
 
     def __init__(self, d: int, enabled: bool = True):
         super().__init__()
         self.enabled = enabled
+        self.norm = nn.LayerNorm(d)
         self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
 
     def forward(self, pooled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """pooled (B, M, d), present (B, M) bool → weights (B, M)."""
-        logits = self.score(pooled).squeeze(-1) if self.enabled else torch.zeros(present.shape, device=pooled.device)
+        if self.enabled:
+            logits = self.score(self.norm(pooled.detach())).squeeze(-1)
+        else:
+            logits = torch.zeros(present.shape, device=pooled.device)
         logits = logits.masked_fill(~present, float("-inf"))
         return torch.softmax(logits, dim=-1).nan_to_num(0.0)
 

@@ -121,10 +121,25 @@ def test_gating_gives_missing_modalities_zero_weight():
     present = torch.tensor([[True, False, True], [True, True, True]])
     w = gate(pooled, present)
     assert w[0, 1] == 0 and torch.allclose(w.sum(1), torch.ones(2))
-    full = torch.softmax(gate.score(pooled[0]).squeeze(-1)[[0, 2]], 0)
+    full = torch.softmax(gate.score(gate.norm(pooled[0])).squeeze(-1)[[0, 2]], 0)
     assert torch.allclose(w[0, [0, 2]], full)  # the rest renormalise
     eq = ModalityGating(8, enabled=False)(pooled, present)
     assert torch.allclose(eq[0], torch.tensor([0.5, 0.0, 0.5]))
+
+
+def test_gating_is_learned_by_the_gate_alone():
+    """The gate's logits send no gradient into the pooled features (the shared encoders cannot push a
+    task's gate onto one modality) and do not change when the features grow in scale; the gate's own
+    weights still get gradients."""
+    torch.manual_seed(0)
+    gate = ModalityGating(8)
+    pooled = torch.randn(4, 3, 8, requires_grad=True)
+    present = torch.ones(4, 3, dtype=torch.bool)
+    w = gate(pooled, present)
+    (w * torch.randn_like(w)).sum().backward()
+    assert pooled.grad is None or torch.count_nonzero(pooled.grad) == 0
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in gate.score.parameters())
+    assert torch.allclose(gate(3.0 * pooled + 0.5, present), w, atol=1e-5)
 
 
 def test_modality_dropout_hides_present_inputs_only_in_training(tiny_backbone, mixed_shards):
