@@ -311,6 +311,18 @@ def test_onnx_export_matches_eager(tiny_backbone, mixed_shards, tmp_path):
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="broken.onnx"):
         OnnxBeamPredictor(tmp_path / "broken.onnx")
+    # int8: the backbone's weight matrices become integer matmuls, and the logits stay close to eager's
+    import onnx
+    from finetune.export import agreement, quantize_int8
+    q = quantize_int8(tmp_path / "beam.onnx", tmp_path / "beam.int8.onnx")
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, ops
+    r = agreement(predictor, OnnxBeamPredictor(q), batches)
+    with torch.no_grad():
+        spread = float(torch.cat([predictor(*predictor.flatten(b)) for b in batches]).std())
+    assert r["samples"] == 12 and 0 < r["max_abs_diff"] < 0.2 * spread and r["top1_agreement"] >= 0.75, (r, spread)
+    with pytest.raises(ValueError, match="beam.onnx"):
+        quantize_int8(tmp_path / "beam.onnx", tmp_path / "none.onnx", scope="model.no_such_module")
 
 
 def _slice(batch: dict, keep) -> dict:
