@@ -167,7 +167,8 @@ class MMSenseModel(nn.Module):
         if self.training and self.cfg.modality_dropout > 0:
             present = drop_modalities(present, self.cfg.modality_dropout)
         weights = self.gating[task](pooled, present)
-        self.last_gates[task] = weights.detach()
+        if not torch.compiler.is_exporting():  # logging state, not part of an exported program
+            self.last_gates[task] = weights.detach()
         full_w = tokens.new_zeros(len(weights), len(self.modalities))
         full_p = torch.zeros_like(full_w, dtype=torch.bool)
         full_t = tokens.new_zeros(len(weights), len(self.modalities), *tokens.shape[2:])
