@@ -9,6 +9,9 @@ Relative offsets p_i - p_j reach theta (and the transition-down MLP) twice: in `
 by their RMS over the cloud's valid neighbourhoods (as PointNeXt divides them by the query radius, Qian et al.,
 NeurIPS 2022). With only the first, a 1.7 m person at ``coord_scale`` 10 m gives offsets of ~0.005 and the
 encoder could not even fit 128 human radar frames; the second puts local shape at unit scale for any scene.
+For the same reason the point embedding reads the coordinates twice, in ``coord_scale`` units (where the cloud
+is) and standardised over the cloud (its shape: centroid removed, divided by its RMS radius), since one encoder
+serves street scenes tens of metres wide and a person within 2 m.
 """
 from __future__ import annotations
 
@@ -60,6 +63,15 @@ def normalise_offsets(rel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     sq = (rel.pow(2).sum(-1) * valid).sum((1, 2))
     rms = (sq / valid.sum((1, 2)).clamp(min=1)).sqrt().detach()
     return torch.cat([rel, rel / rms.clamp(min=1e-6)[:, None, None, None]], -1)
+
+
+def standardise(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """p (B, N, 3) → the points minus the cloud's (valid) centroid, divided by their RMS distance to it."""
+    m = mask[..., None].float()
+    count = m.sum(1, keepdim=True).clamp(min=1)
+    centred = (p - (p * m).sum(1, keepdim=True) / count) * m
+    rms = (centred.pow(2).sum(-1, keepdim=True).sum(1, keepdim=True) / count).sqrt()
+    return centred / rms.clamp(min=1e-6)
 
 
 class PointTransformerLayer(nn.Module):
@@ -118,7 +130,7 @@ class PointTransformerEncoder(nn.Module):
         self.register_buffer("feature_scale", torch.tensor(o.get("feature_scale", default_feat), dtype=torch.float32))
         k, d = int(o.get("k", 8)), cfg.d
         self.mid_points, self.n_tokens = int(o.get("mid_points", 64)), cfg.n_tokens
-        self.embed = nn.Sequential(nn.Linear(self.in_channels, d // 2), nn.ReLU(), nn.Linear(d // 2, d // 2))
+        self.embed = nn.Sequential(nn.Linear(self.in_channels + 3, d // 2), nn.ReLU(), nn.Linear(d // 2, d // 2))
         self.block1 = PointTransformerLayer(d // 2, k)
         self.down1 = TransitionDown(d // 2, d, k)
         self.block2 = PointTransformerLayer(d, k)
@@ -131,7 +143,7 @@ class PointTransformerEncoder(nn.Module):
         pts, mask = batch[self.modality].float(), batch[self.modality + "_mask"]
         p = pts[..., :3] / self.coord_scale
         extra = pts[..., 3:self.in_channels] / self.feature_scale[: self.in_channels - 3]
-        x = self.embed(torch.cat([p, extra], -1)) * mask[..., None]
+        x = self.embed(torch.cat([p, standardise(p, mask), extra], -1)) * mask[..., None]
         x = self.block1(x, p, mask)
         x, p, mask = self.down1(x, p, mask, self.mid_points)
         x = self.block2(x, p, mask)

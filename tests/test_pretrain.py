@@ -135,6 +135,30 @@ def test_point_offsets_reach_theta_at_unit_scale_and_ignore_padding():
     assert torch.allclose(got.pooled, ref.pooled, atol=1e-5) and torch.allclose(got.tokens, ref.tokens, atol=1e-5)
 
 
+def test_standardised_points_are_unit_rms_and_invariant_to_room_scale():
+    """The encoder's second copy of the coordinates is the cloud minus its centroid over its RMS radius: the
+    same for a person 3 m away and for the same shape 10 x larger 40 m away, blind to padding, and zero at
+    padded points and for empty clouds."""
+    from encoders.points import standardise
+    rng = np.random.default_rng(3)
+    shape = torch.tensor(rng.normal(size=(1, 20, 3)) * [0.3, 0.2, 0.8], dtype=torch.float32)
+    p = torch.cat([shape + torch.tensor([0.0, 3.0, 0.0]), 10 * shape + torch.tensor([5.0, 40.0, -1.0]),
+                   torch.zeros(1, 20, 3)])
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[2] = False
+    out = standardise(p, mask)
+    assert torch.allclose(out[0], out[1], atol=1e-5)
+    assert float(out[0].pow(2).sum(-1).mean()) == pytest.approx(1.0, rel=1e-5)
+    assert torch.allclose(out[0].mean(0), torch.zeros(3), atol=1e-6)
+    assert torch.equal(out[2], torch.zeros(20, 3))
+    padded = p.clone()
+    mask[0, 12:] = False
+    padded[0, 12:] = 1e3
+    part = standardise(padded, mask)[0]
+    assert torch.allclose(part[:12], standardise(shape[:, :12], torch.ones(1, 12, dtype=torch.bool))[0], atol=1e-5)
+    assert torch.equal(part[12:], torch.zeros(8, 3))
+
+
 def test_checkpoint_lookup_names_the_path_when_there_is_none(tmp_path):
     from airbind.checkpoint import CheckpointDir, checkpoint_at
     run = tmp_path / "run"
