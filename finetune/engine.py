@@ -100,7 +100,7 @@ class DeepSpeedEngine:
         info = init_distributed()
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         conf = ds_config(cfg, info.world_size, info.device.type == "cuda")
-        self.bf16 = bool(conf["bf16"]["enabled"])
+        self.bf16 = bool(conf["torch_autocast"]["enabled"])
         groups = param_groups(model, cfg)
         self.params = [p for g in groups for p in g["params"]]
         self.engine, _, _, _ = deepspeed.initialize(
@@ -120,8 +120,8 @@ class DeepSpeedEngine:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def step(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        with self.autocast():
-            loss, res = self.engine(to_device(batch, self.device), reduce=self._sum)
+        # DeepSpeed runs the forward under torch.autocast itself (ds_config's torch_autocast section)
+        loss, res = self.engine(to_device(batch, self.device), reduce=self._sum)
         loss = loss + 0.0 * sum(p.sum() for p in self.params)
         self.engine.backward(loss)
         self.engine.step()

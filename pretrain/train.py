@@ -31,7 +31,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
         if isinstance(v, torch.Tensor):
             out[k] = v.to(device, non_blocking=True)
         elif isinstance(v, dict):
-            out[k] = {kk: vv.to(device) for kk, vv in v.items()}
+            # non_blocking here too: a blocking copy waits for every kernel already queued (a device sync per step)
+            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
         else:
             out[k] = v
     return out
@@ -48,8 +49,14 @@ def ds_config(cfg: PretrainConfig, world: int, gpu: bool) -> dict:
                 gradient_accumulation_steps=1)
     conf.setdefault("optimizer", {"type": "AdamW", "params": {}})
     conf["optimizer"]["params"].update(lr=cfg.lr, weight_decay=cfg.weight_decay, torch_adam=True)
+    if gpu:  # torch's fused AdamW kernel (DeepSpeed passes the remaining params to torch.optim.AdamW)
+        conf["optimizer"]["params"].setdefault("fused", True)
     conf.setdefault("zero_optimization", {})["stage"] = cfg.zero_stage
-    conf["bf16"] = {"enabled": cfg.bf16 == "on" or (cfg.bf16 == "auto" and gpu)}
+    # bf16 by torch.autocast inside DeepSpeed's forward, with float32 weights: DeepSpeed's own "bf16" mode casts
+    # the module's weights to bf16, which float32 inputs (images, clouds, GPS metres) cannot meet and which would
+    # put bf16 weights, not the float32 master copy, into the saved model
+    conf["bf16"] = {"enabled": False}
+    conf["torch_autocast"] = {"enabled": cfg.bf16 == "on" or (cfg.bf16 == "auto" and gpu), "dtype": "bfloat16"}
     return conf
 
 

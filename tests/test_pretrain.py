@@ -265,6 +265,15 @@ def _pretrain(out: Path, data: Path, *extra: str) -> dict:
     return json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
+def test_bf16_trains_under_autocast_and_saves_float32_weights(mixed_shards, tmp_path):
+    """--bf16 on (the GPU default): bf16 compute, float32 weights in the module and in the checkpoint."""
+    from safetensors.torch import load_file
+    res = _pretrain(tmp_path / "bf16", mixed_shards, "--bf16", "on", "--epochs", "1", "--steps-per-epoch", "2")
+    assert res["step"] == 2 and all(v == v for k, v in res.items() if k.startswith("val/"))
+    weights = load_file(Path(res["checkpoint"]) / "model.safetensors")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+
+
 def test_resume_reproduces_the_uninterrupted_run(mixed_shards, tmp_path):
     from safetensors.torch import load_file
     full = _pretrain(tmp_path / "full", mixed_shards)
