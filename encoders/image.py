@@ -44,10 +44,13 @@ class ImageEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d)
         # pooled from the whole grid, not its mean: where the vehicle is in the frame is what the beam needs
         self.pool_proj = nn.Linear(cfg.n_tokens * cfg.d, cfg.d)
+        # on the model's device (a per-call host-to-device copy would also break CUDA-graph capture)
+        self.register_buffer("mean", MEAN.clone(), persistent=False)
+        self.register_buffer("std", STD.clone(), persistent=False)
 
     def forward(self, batch: dict) -> EncoderOutput:
         x = batch["image"].float().div(255.0)
-        x = (x - MEAN.to(x.device)) / STD.to(x.device)
+        x = (x - self.mean) / self.std
         fmap = self.pool(self.backbone.forward_features(x.contiguous(memory_format=torch.channels_last)))
         tokens = self.norm(self.proj(fmap.flatten(2).transpose(1, 2)))
         return zero_absent(EncoderOutput(tokens, self.pool_proj(tokens.flatten(1))), batch["present"].get("image"))

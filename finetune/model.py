@@ -70,6 +70,19 @@ def label_rows(task: str, batch: dict) -> torch.Tensor:
     return batch["blockage"] >= 0
 
 
+def causal_padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias (B, 1, T, T) of a causal LM over tokens with padding ``mask`` (B, T): 0 where
+    query i may read key j (j <= i and j not padding), a large negative number elsewhere (finite, also in bf16:
+    a query with no readable key gets uniform attention, not NaN). Handed to the backbone ready-made, so the
+    library does not build it from the 2D mask, which reads the mask's values on the host (a device sync per
+    call, and no CUDA-graph capture)."""
+    t = mask.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()
+    allowed = causal[None] & mask[:, None, :].bool()
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min / 2)[:, None]
+
+
 def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
     """Modality dropout (ModDrop, Neverova et al., TPAMI 2016): each present input (B, M) is hidden with
     probability ``p``, as if missing (gate weight 0, masked in the fusion); a row that would lose all its inputs
@@ -169,10 +182,14 @@ class MMSenseModel(nn.Module):
         weights = self.gating[task](pooled, present)
         if not torch.compiler.is_exporting():  # logging state, not part of an exported program
             self.last_gates[task] = weights.detach()
-        full_w = tokens.new_zeros(len(weights), len(self.modalities))
-        full_p = torch.zeros_like(full_w, dtype=torch.bool)
-        full_t = tokens.new_zeros(len(weights), len(self.modalities), *tokens.shape[2:])
-        full_w[:, idx], full_p[:, idx], full_t[:, idx] = weights, present, tokens
+        # every modality's slot, zero where the task does not read it; built by stacking, not by indexing with a
+        # Python list, which would copy an index tensor from the host at each call (and break CUDA-graph capture)
+        slot = {j: i for i, j in enumerate(idx)}
+
+        def spread(x: torch.Tensor) -> torch.Tensor:
+            empty = x.new_zeros(x[:, 0].shape)
+            return torch.stack([x[:, slot[j]] if j in slot else empty for j in range(len(self.modalities))], 1)
+        full_w, full_p, full_t = spread(weights), spread(present), spread(tokens)
         if self.body is not None:
             return self.heads[task](self.body(full_t * full_p[..., None, None], full_p))
         fused = self.fusion(full_t, full_w, full_p)
@@ -185,7 +202,8 @@ class MMSenseModel(nn.Module):
         instr = self.backbone.get_input_embeddings()(ids)[None].expand(len(weights), -1, -1)
         x = torch.cat([fused, instr.to(fused.dtype)], 1)
         attn = torch.cat([mask, mask.new_ones(len(weights), len(ids))], 1)
-        out = self.backbone(inputs_embeds=x, attention_mask=attn.long(), output_hidden_states=True)
+        out = self.backbone(inputs_embeds=x, attention_mask=causal_padding_bias(attn, x.dtype),
+                            output_hidden_states=True, use_cache=False)  # one pass, no generation: no KV cache
         return self.heads[task](self.task_attn[task](out.hidden_states, attn))
 
     def forward(self, batch: dict, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None

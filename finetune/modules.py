@@ -129,7 +129,7 @@ class TaskLayerAttention(nn.Module):
         """hidden_states: the backbone's (embeddings, layer 1, ..., layer L), each (B, T, H); mask (B, T)."""
         if not self.enabled:
             last = mask.long().sum(1) - 1
-            return hidden_states[-1][torch.arange(len(last)), last]
+            return hidden_states[-1][torch.arange(len(last), device=last.device), last]
         s = torch.zeros_like(hidden_states[0][:, 0])
         for layer, mlp in zip(self.layers, self.mlps):
             h = hidden_states[layer]

@@ -301,6 +301,46 @@ def test_export_matches_eager(tiny_backbone, mixed_shards):
     assert check(predictor, program, batches, atol=1e-4) < 1e-4
 
 
+def test_attention_bias_gives_the_librarys_masked_attention(tiny_backbone):
+    """finetune.model.causal_padding_bias handed to the backbone as a 4D mask gives the hidden states of the
+    library's own causal + padding mask at every real token (padding between and before the real tokens)."""
+    from transformers import AutoModelForCausalLM
+    from finetune.model import causal_padding_bias
+    base = AutoModelForCausalLM.from_pretrained(tiny_backbone).base_model.eval()
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, base.config.hidden_size)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[0, 3:6], mask[1, :2], mask[2, 7] = False, False, False
+    with torch.no_grad():
+        ref = base(inputs_embeds=x, attention_mask=mask.long(), output_hidden_states=True, use_cache=False)
+        out = base(inputs_embeds=x, attention_mask=causal_padding_bias(mask, x.dtype), output_hidden_states=True,
+                   use_cache=False)
+    for a, b in zip(ref.hidden_states[1:], out.hidden_states[1:]):
+        assert torch.allclose(a[mask], b[mask], atol=1e-5)
+    assert torch.isfinite(out.hidden_states[-1]).all()  # also where a query has no real token to read
+    bias = causal_padding_bias(mask, torch.bfloat16)
+    assert bias.shape == (3, 1, 10, 10) and torch.isfinite(bias).all() and bias[0, 0, 9, 4] < -1e30
+
+
+def test_beam_path_reads_nothing_on_the_host(tiny_backbone, mixed_shards):
+    """The beam predictor neither reads tensor values on the host (a device sync per call) nor builds
+    tensors from Python values inside its forward (a host-to-device copy per call): both would break the CUDA
+    graph capture of finetune.export.CudaGraphPredictor, and only a GPU would show it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    predictor, program, batches = _export_case(tiny_backbone, mixed_shards)
+    host_reads = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("_local_scalar_dense", "nonzero", "masked_select", "item"):
+                host_reads.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+    with torch.no_grad(), Watch():
+        predictor(*predictor.flatten(batches[0]))
+    assert host_reads == []
+    assert [k for k in program.constants if not k.startswith("model.")] == []  # no lifted Python constants
+
+
 @pytest.mark.slow
 def test_onnx_export_matches_eager(tiny_backbone, mixed_shards, tmp_path):
     """The ONNX Runtime model of the beam path gives the eager model's logits; a broken file is named."""
