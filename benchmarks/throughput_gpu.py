@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--finetune", default="runs/demo/finetune", help="stage-two run whose recipe is measured")
+    p.add_argument("--data", nargs="*", default=[], help="shard roots (default: the built-in twin)")
     a = p.parse_args(argv)
     from airbind.paths import configure_tool_caches
     from finetune.config import merge
@@ -55,12 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     configure_tool_caches()
     gpu = torch.cuda.is_available()
     cfg = merge(PretrainConfig(), PRESETS["demo"])
-    cfg.batch_size, cfg.steps_per_epoch, cfg.bf16 = a.batch_size, a.steps, "auto"
+    cfg.batch_size, cfg.steps_per_epoch, cfg.bf16, cfg.data = a.batch_size, a.steps, "auto", a.data
     info = init_distributed()
     roots = resolve_data(cfg.data)
     engine, loss_fn = build_engine(cfg, info)
-    if gpu:
-        engine.module.to(memory_format=torch.channels_last)
+    # channels-last: the image encoder hands its input to the convolutions channels-last; the weights stay
+    # contiguous, since ZeRO flattens their gradients with .view (channels-last weights failed there on an H100)
     held = batches(cfg, split_dirs(roots, "train"), cfg.binding.modalities, a.batch_size, a.steps, info.device)
     res: dict = {"device": torch.cuda.get_device_name(0) if gpu else "cpu", "batch_size": a.batch_size,
                  "bf16": bool(gpu)}
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     step2()
     sec2 = sum(timed(step2, a.steps - 1))
     res["stage_two_samples_per_s"] = round(a.batch_size * (a.steps - 1) / sec2, 2)
+    if gpu:
+        f2 = flops_of(step2)
+        res["stage_two_mfu"] = round(f2 * (a.steps - 1) / sec2 / (peak * 1e12), 4) if peak else None
     return record("throughput_gpu", res)
 
 

@@ -341,6 +341,18 @@ def test_beam_path_reads_nothing_on_the_host(tiny_backbone, mixed_shards):
     assert [k for k in program.constants if not k.startswith("model.")] == []  # no lifted Python constants
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replay_equals_eager(tiny_backbone, mixed_shards):
+    from finetune.export import CudaGraphPredictor
+    predictor, _, batches = _export_case(tiny_backbone, mixed_shards)
+    predictor = predictor.cuda()
+    x = predictor.flatten(batches[0])
+    graphed = CudaGraphPredictor(predictor, x)
+    with torch.no_grad():
+        for b in batches:
+            assert torch.equal(graphed(*predictor.flatten(b)), predictor(*predictor.flatten(b)))
+
+
 @pytest.mark.slow
 def test_onnx_export_matches_eager(tiny_backbone, mixed_shards, tmp_path):
     """The ONNX Runtime model of the beam path gives the eager model's logits; a broken file is named."""
