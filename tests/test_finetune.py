@@ -350,7 +350,7 @@ def test_cuda_graph_replay_equals_eager(tiny_backbone, mixed_shards):
     graphed = CudaGraphPredictor(predictor, x)
     with torch.no_grad():
         for b in batches:
-            assert torch.equal(graphed(*predictor.flatten(b)), predictor(*predictor.flatten(b)))
+            assert torch.allclose(graphed(*predictor.flatten(b)), predictor(*predictor.flatten(b)), atol=1e-5)
 
 
 @pytest.mark.slow
