@@ -173,7 +173,6 @@ class MMSenseModel(nn.Module):
     def task_forward(self, task: str, batch: dict, enc: dict, rows: torch.Tensor) -> torch.Tensor:
         """Raw output of ``task`` for the selected rows: one forward pass per (sample, task)."""
         mods = [m for m in self.specs[task].inputs if m in enc]
-        idx = [self.modalities.index(m) for m in mods]
         tokens = torch.stack([enc[m].tokens[rows] for m in mods], 1)
         pooled = torch.stack([enc[m].pooled[rows] for m in mods], 1)
         present = torch.stack([batch["present"][m][rows] for m in mods], 1)
@@ -184,7 +183,7 @@ class MMSenseModel(nn.Module):
             self.last_gates[task] = weights.detach()
         # every modality's slot, zero where the task does not read it; built by stacking, not by indexing with a
         # Python list, which would copy an index tensor from the host at each call (and break CUDA-graph capture)
-        slot = {j: i for i, j in enumerate(idx)}
+        slot = {self.modalities.index(m): i for i, m in enumerate(mods)}  # model slot → the task's input i
 
         def spread(x: torch.Tensor) -> torch.Tensor:
             empty = x.new_zeros(x[:, 0].shape)
