@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
             idx = torch.arange(bs) % len(batch["key"])
             batch = {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()} if isinstance(v, dict)
                          else [v[i] for i in idx.tolist()]) for k, v in batch.items()}
-        x = tuple(t.to(dev) for t in predictor.flatten(batch))
+        x = predictor.flatten(batch)  # on the model's device
         res = {}
         with torch.inference_mode():
             timed(lambda: predictor(*x), 3)
