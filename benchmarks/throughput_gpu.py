@@ -29,6 +29,12 @@ def flops_of(fn) -> float:
     return float(counter.get_total_flops())
 
 
+def mfu(flops_per_step: float, steps: int, seconds: float, device: str) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the device's dense bf16 peak (None for an unknown GPU)."""
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device), None)
+    return round(flops_per_step * steps / seconds / (peak * 1e12), 4) if peak else None
+
+
 def batches(cfg_like, dirs, modalities, batch_size: int, n: int, device) -> list[dict]:
     from pretrain.train import stream_config, to_device
     from shards.stream import make_loader
@@ -71,8 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["stage_one_samples_per_s"] = round(a.batch_size * (a.steps - 1) / sec, 2)
     if gpu:
         f = flops_of(lambda: train_step(engine, held[0], loss_fn))
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in res["device"]), None)
-        res["stage_one_mfu"] = round(f * (a.steps - 1) / sec / (peak * 1e12), 4) if peak else None
+        res["stage_one_mfu"] = mfu(f, a.steps - 1, sec, res["device"])
     # stage two: the recipe of the given run (backbone, layers, LoRA), plain loop with AdamW (fused on GPU)
     from airbind.checkpoint import checkpoint_at
     from evaluation.training import base_config
@@ -95,8 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     sec2 = sum(timed(step2, a.steps - 1))
     res["stage_two_samples_per_s"] = round(a.batch_size * (a.steps - 1) / sec2, 2)
     if gpu:
-        f2 = flops_of(step2)
-        res["stage_two_mfu"] = round(f2 * (a.steps - 1) / sec2 / (peak * 1e12), 4) if peak else None
+        res["stage_two_mfu"] = mfu(flops_of(step2), a.steps - 1, sec2, res["device"])
     return record("throughput_gpu", res)
 
 
