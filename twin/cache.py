@@ -11,12 +11,14 @@ from airbind.paths import build_once, cache_dir
 
 
 # Bump when the simulation changes in a way the configuration does not show, so caches are rebuilt.
-TWIN_VERSION = 3  # 2: LoS blockage requires the Fresnel core to be obstructed; 3: vehicle colours fixed
+# 2: LoS blockage requires the Fresnel core to be obstructed; 3: vehicle colours fixed;
+# vehicles 4: ray-traced beam powers bit-reproducible (single-threaded Dr.Jit solver)
+TWIN_VERSION = {"humans": 3, "vehicles": 4}
 
 
 def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:
     """``cache/twin/<kind>-<hash of cfg and TWIN_VERSION>``: built by ``build(tmp, cfg)`` once, atomically."""
-    key = json.dumps({"version": TWIN_VERSION, "cfg": asdict(cfg)}, sort_keys=True, default=str)
+    key = json.dumps({"version": TWIN_VERSION[kind], "cfg": asdict(cfg)}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return build_once(cache_dir() / "twin" / f"{kind}-{digest}", "twin_info.json", lambda tmp: build(tmp, cfg))
 

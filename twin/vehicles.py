@@ -145,12 +145,23 @@ class StreetSim:
         return float(np.degrees(np.arctan2(d[0], d[1])))
 
     def beam_signal(self) -> np.ndarray:
-        """Noise-free power of each codebook beam at unit2 (ray-traced channel, coherent over paths)."""
+        """Noise-free power of each codebook beam at unit2 (ray-traced channel, coherent over paths).
+
+        Dr.Jit runs single-threaded here: with several threads the solver's paths come out in a different
+        order from run to run and their coherent sum differs in the last bits (up to 0.02 dB on the default
+        twin), so two builds of the same twin were not identical. One thread costs about 20 % of this call.
+        """
+        import drjit as dr
         cfg = self.cfg
-        paths = self.solver(self.scene, max_depth=cfg.max_depth, samples_per_src=cfg.ray_samples,
-                            synthetic_array=True, diffraction=cfg.diffraction, edge_diffraction=cfg.diffraction)
-        h = np.asarray(paths.cfr(frequencies=self.mi.Float(cfg.beam.frequencies()), normalize_delays=False,
-                                 out_type="numpy"))[0, 0, 0, :, 0, :]
+        threads = dr.thread_count()
+        dr.set_thread_count(1)
+        try:
+            paths = self.solver(self.scene, max_depth=cfg.max_depth, samples_per_src=cfg.ray_samples,
+                                synthetic_array=True, diffraction=cfg.diffraction, edge_diffraction=cfg.diffraction)
+            h = np.asarray(paths.cfr(frequencies=self.mi.Float(cfg.beam.frequencies()), normalize_delays=False,
+                                     out_type="numpy"))[0, 0, 0, :, 0, :]
+        finally:
+            dr.set_thread_count(threads)
         return beam_power(h, self.weights)
 
     def cast(self, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
