@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from encoders.base import EncoderConfig, EncoderOutput, register, zero_absent
+from encoders.fps import farthest_point_sampling
 
 
 def knn(query: torch.Tensor, ref: torch.Tensor, ref_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,23 +39,6 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     b, m, k = idx.shape
     flat = idx.reshape(b, m * k, 1).expand(-1, -1, x.shape[-1])
     return x.gather(1, flat).reshape(b, m, k, x.shape[-1])
-
-
-def farthest_point_sampling(p: torch.Tensor, mask: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (B, m) of farthest-point samples among valid points; the mask marks real picks
-    (a cloud with n < m valid points has n real picks)."""
-    b, n, _ = p.shape
-    # padded points start at -1 and stay there (every distance is >= 0), so they are never the farthest
-    best = torch.full((b, n), float("inf"), device=p.device).masked_fill(~mask, -1.0)
-    current = mask.float().argmax(dim=1, keepdim=True)  # (B, 1): first valid point (0 if none)
-    picks = []
-    for _ in range(m):
-        picks.append(current)
-        centre = p.gather(1, current[..., None].expand(-1, -1, p.shape[-1]))  # (B, 1, 3)
-        best = torch.minimum(best, (p - centre).pow(2).sum(-1))
-        current = best.argmax(dim=1, keepdim=True)
-    picked = torch.arange(m, device=p.device)[None] < mask.sum(1, keepdim=True)
-    return torch.cat(picks, 1), picked
 
 
 def normalise_offsets(rel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

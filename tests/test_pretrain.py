@@ -103,6 +103,47 @@ def test_farthest_point_sampling_matches_its_definition():
         assert idx[b, :n].tolist() == ref and picked[b].tolist() == [True] * n + [False] * (6 - n)
 
 
+def _fps_cases(seed: int = 0):
+    """Clouds on a 0.25 grid (many equal distances, so the tie rule matters): padded, empty, and with fewer
+    valid points than picks (the extra picks must not land on the padding ahead of them)."""
+    g = torch.Generator().manual_seed(seed)
+    for b, n, m in [(3, 20, 6), (4, 130, 64), (2, 64, 8), (2, 5, 8)]:
+        p = torch.round(torch.randn(b, n, 3, generator=g) * 4) / 4
+        mask = torch.rand(b, n, generator=g) < 0.8
+        mask[0] = False
+        mask[-1] = torch.arange(n) >= n - 3  # padding first, then 3 valid points
+        yield p, mask, m
+
+
+_FPS_IN_INTERPRETER = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from encoders.fps import fps_reference, fps_triton
+from tests.test_pretrain import _fps_cases
+for p, mask, m in _fps_cases():
+    ref, tri = fps_reference(p, mask, m), fps_triton(p, mask, m)
+    assert torch.equal(ref, tri), (p.shape, m, ref, tri)
+print("same picks")
+"""
+
+
+def test_triton_fps_kernel_makes_the_reference_picks():
+    """The one-launch FPS kernel of the GPU path, run on the CPU by Triton's interpreter."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", _FPS_IN_INTERPRETER, str(REPO)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0 and "same picks" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton FPS path runs on CUDA tensors")
+def test_fps_on_cuda_makes_the_reference_picks():
+    from encoders.fps import farthest_point_sampling, fps_reference
+    for p, mask, m in _fps_cases(1):
+        idx, _ = farthest_point_sampling(p.cuda(), mask.cuda(), m)
+        assert torch.equal(idx.cpu(), fps_reference(p, mask, m))
+
+
 def test_point_offsets_reach_theta_at_unit_scale_and_ignore_padding():
     """The second half of the offsets has RMS 1 over the valid neighbours whatever the cloud's size; padded
     points, whatever their coordinates, change no real output of the encoder."""
