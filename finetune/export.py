@@ -56,21 +56,27 @@ class BeamPredictor(nn.Module):
 class CudaGraphPredictor:
     """A predictor captured once as a CUDA graph for fixed input shapes: each call copies its inputs into the
     captured buffers and replays every kernel with one launch, so Python's per-kernel launch cost (most of
-    the batch-1 latency of a model this size on a GPU) is paid once, at capture. CUDA devices only."""
+    the batch-1 latency of a model this size on a GPU) is paid once, at capture. CUDA devices only.
 
-    def __init__(self, predictor: nn.Module, example: tuple[torch.Tensor, ...], warmup: int = 3):
+    ``dtype`` (e.g. ``torch.bfloat16``) captures the model under CUDA autocast to that precision, the one stage
+    one and two train in on a GPU; its logits are returned in float32 and differ from eager's (measure them).
+    """
+
+    def __init__(self, predictor: nn.Module, example: tuple[torch.Tensor, ...], warmup: int = 3,
+                 dtype: torch.dtype | None = None):
         if not all(t.is_cuda for t in example):
             raise ValueError("CUDA graphs need the example inputs on a CUDA device")
         self.inputs = [t.clone() for t in example]
+        precision = torch.autocast("cuda", dtype=dtype, enabled=dtype is not None)
         side = torch.cuda.Stream()  # warm-up on a side stream, as capture requires (lazy init, autotuning)
         side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
+        with torch.no_grad(), precision, torch.cuda.stream(side):
             for _ in range(warmup):
                 predictor(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.output = predictor(*self.inputs)
+        with torch.no_grad(), precision, torch.cuda.graph(self.graph):
+            self.output = predictor(*self.inputs).float()
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         if [t.shape for t in tensors] != [t.shape for t in self.inputs]:
