@@ -27,6 +27,24 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
+def kernel_profile(fn, top: int = 10) -> dict:
+    """One call of ``fn`` under the CUDA profiler: how many kernels (and memsets) it runs, their summed device
+    time, and the ``top`` kernels by device time. What a CUDA graph replay of ``fn`` still has to execute."""
+    from torch.profiler import ProfilerActivity, profile
+    with torch.inference_mode():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: -e.device_time_total)
+    return {"kernels": sum(e.count for e in events),
+            "device_ms": round(sum(e.device_time_total for e in events) / 1e3, 3),
+            "top": [{"kernel": e.key[:100], "calls": e.count, "device_us": round(e.device_time_total, 1)}
+                    for e in events[:top]]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", nargs="?", default="runs/demo/finetune", help="stage-two checkpoint or run folder")
@@ -35,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime export (≈ 2 min per batch size)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8-quantised ONNX Runtime model")
+    p.add_argument("--profile", action="store_true",
+                   help="on a GPU: kernel count and device time of one eager forward pass")
     p.add_argument("--data", nargs="*", default=None,
                    help="shard roots with vehicle scenes (default: the checkpoint's training data)")
     a = p.parse_args(argv)
@@ -67,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.inference_mode():
             timed(lambda: predictor(*x), 3)
             res["eager"] = percentiles(timed(lambda: predictor(*x), a.repeats))
+        if dev.type == "cuda" and a.profile:
+            res["profile_eager"] = kernel_profile(lambda: predictor(*x))
         if dev.type == "cuda":  # the eager model's kernels captured once and replayed with one launch
             try:
                 graphed = CudaGraphPredictor(predictor, x)
