@@ -6,7 +6,8 @@ the beam predictor's 2,244 GPU kernels at batch 1. On a CUDA tensor (with Triton
 torch.export, whose programs must stay portable) the whole loop runs as one Triton kernel instead: one program
 per cloud keeps the running minimum distance in registers, as the CUDA kernel of PointNet++ does in shared
 memory. Both paths do the same float32 arithmetic ((dx² + dy²) + dz², first index on ties), so they make the
-same picks.
+same picks. Under torch.compile Dynamo answers ``is_exporting()`` with True, so compiled graphs trace the PyTorch
+loop; inductor then fuses each call into one kernel by itself (measured on an H100: 4 launches per forward).
 """
 from __future__ import annotations
 
