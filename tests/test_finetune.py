@@ -351,9 +351,10 @@ def test_cuda_graph_replay_equals_eager(tiny_backbone, mixed_shards):
     graphed16 = CudaGraphPredictor(predictor, x, dtype=torch.bfloat16)
     with torch.no_grad():
         for b in batches:
-            eager = predictor(*predictor.flatten(b))
-            assert torch.allclose(graphed(*predictor.flatten(b)), eager, atol=1e-5)
-            low = graphed16(*predictor.flatten(b))  # bf16 compute: float32 logits, near eager (0.08 measured)
+            xb = predictor.flatten(b)
+            eager = predictor(*xb)
+            assert torch.allclose(graphed(*xb), eager, atol=1e-5)
+            low = graphed16(*xb)  # bf16 compute: float32 logits, near eager (0.08 measured)
             assert low.dtype == torch.float32 and not torch.equal(low, eager)
             assert float((low - eager).norm() / eager.norm()) < 0.25
 
