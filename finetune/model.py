@@ -83,6 +83,15 @@ def causal_padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ~allowed, torch.finfo(dtype).min / 2)[:, None]
 
 
+def task_positions(slots: list[int], n_modalities: int, n_f: int, n_instruction: int) -> torch.Tensor:
+    """Backbone position ids of a task's sequence [its modalities' fused tokens; instruction]: those of the
+    full layout [every modality's n_f tokens; instruction], in which the tokens of modalities the task does not
+    read would all be masked out. Leaving them out of the sequence (a quarter or more of it) thus changes no
+    output, only the cost."""
+    fused = [j * n_f + k for j in slots for k in range(n_f)]
+    return torch.tensor(fused + list(range(n_modalities * n_f, n_modalities * n_f + n_instruction)), dtype=torch.long)
+
+
 def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
     """Modality dropout (ModDrop, Neverova et al., TPAMI 2016): each present input (B, M) is hidden with
     probability ``p``, as if missing (gate weight 0, masked in the fusion); a row that would lose all its inputs
@@ -115,6 +124,9 @@ class MMSenseModel(nn.Module):
         if not 0.0 <= cfg.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout {cfg.modality_dropout}: must be in [0, 1)")
         self.modalities = sorted({m for s in specs.values() for m in s.inputs} & set(cfg.binding.modalities))
+        self.specs = specs
+        for t in cfg.tasks:  # model slots of each task's inputs (ascending): the fusion's modality embeddings
+            self.register_buffer(f"slots_{t}", torch.tensor(self.task_slots(t), dtype=torch.long), persistent=False)
         enc_cfgs = cfg.binding.encoder_configs()
         self.encoders = nn.ModuleDict({m: build_encoder(enc_cfgs[m]) for m in self.modalities})
         self.feature_norm = nn.ModuleDict({m: FeatureStandardizer(cfg.binding.d) for m in self.modalities}
@@ -132,6 +144,8 @@ class MMSenseModel(nn.Module):
             for t in cfg.tasks:
                 ids = tokenizer(specs[t].instruction, add_special_tokens=False)["input_ids"]
                 self.register_buffer(f"instr_{t}", torch.tensor(ids, dtype=torch.long), persistent=False)
+                self.register_buffer(f"positions_{t}", task_positions(self.task_slots(t), len(self.modalities),
+                                                                      cfg.binding.n_tokens, len(ids)), persistent=False)
         else:
             self.backbone, hidden, layers = None, cfg.binding.d, [0]
         self.hidden = hidden
@@ -143,7 +157,6 @@ class MMSenseModel(nn.Module):
         self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, specs[t].outputs))
                                     for t in cfg.tasks})
         self.loss = UncertaintyLoss(cfg.tasks)
-        self.specs = specs
         # the pose head predicts the pelvis position and the root-relative pose (pose_parts), each in units of
         # its own per-axis spread around its mean over the first training batch: parts = hpe_mean + scale * head.
         # Keypoints are metres in the sensor frame, and where the person stands varies far more than the
@@ -158,6 +171,10 @@ class MMSenseModel(nn.Module):
         # negatives/positives in its cross-entropy, else the head settles on "never blocked"
         self.register_buffer("blockage_counts", torch.zeros(2, dtype=torch.long))  # integer: bf16 would stall
         self.last_gates: dict[str, torch.Tensor] = {}
+
+    def task_slots(self, task: str) -> list[int]:
+        """Indices in ``self.modalities`` of the modalities ``task`` reads, ascending."""
+        return [j for j, m in enumerate(self.modalities) if m in self.specs[task].inputs]
 
     def task_specific_parameters(self) -> list[nn.Parameter]:
         """The weights of the per-task modules (gating, task attention, heads): new at stage two, they may
@@ -181,19 +198,23 @@ class MMSenseModel(nn.Module):
         weights = self.gating[task](pooled, present)
         if not torch.compiler.is_exporting():  # logging state, not part of an exported program
             self.last_gates[task] = weights.detach()
-        # every modality's slot, zero where the task does not read it; built by stacking, not by indexing with a
-        # Python list, which would copy an index tensor from the host at each call (and break CUDA-graph capture)
-        slot = {self.modalities.index(m): i for i, m in enumerate(mods)}  # model slot → the task's input i
+        # built by stacking, not by indexing with a Python list, which would copy an index tensor from the host at
+        # each call (and break CUDA-graph capture); zero (and absent) where the batch lacks one of the modalities
+        where = {self.modalities.index(m): i for i, m in enumerate(mods)}  # model slot → the task's input i
 
-        def spread(x: torch.Tensor) -> torch.Tensor:
+        def place(x: torch.Tensor, slots: list[int]) -> torch.Tensor:
             empty = x.new_zeros(x[:, 0].shape)
-            return torch.stack([x[:, slot[j]] if j in slot else empty for j in range(len(self.modalities))], 1)
-        full_w, full_p, full_t = spread(weights), spread(present), spread(tokens)
-        if self.body is not None:
+            return torch.stack([x[:, where[j]] if j in where else empty for j in slots], 1)
+        if self.body is not None:  # the small bodies read every modality's slot
+            every = list(range(len(self.modalities)))
+            full_t, full_p = place(tokens, every), place(present, every)
             return self.heads[task](self.body(full_t * full_p[..., None, None], full_p))
-        fused = self.fusion(full_t, full_w, full_p)
+        # only the task's own modalities enter the sequence: the others' tokens would all be masked out
+        slots = self.task_slots(task)
+        t_w, t_p, t_t = place(weights, slots), place(present, slots), place(tokens, slots)
+        fused = self.fusion(t_t, t_w, t_p, getattr(self, f"slots_{task}"))
         n_f = tokens.shape[2]
-        mask = full_p[:, :, None].expand(-1, -1, n_f).reshape(len(weights), -1)
+        mask = t_p[:, :, None].expand(-1, -1, n_f).reshape(len(weights), -1)
         if self.backbone is None:  # ablation: fusion straight to the head
             feat = (fused * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
             return self.heads[task](feat)
@@ -201,7 +222,8 @@ class MMSenseModel(nn.Module):
         instr = self.backbone.get_input_embeddings()(ids)[None].expand(len(weights), -1, -1)
         x = torch.cat([fused, instr.to(fused.dtype)], 1)
         attn = torch.cat([mask, mask.new_ones(len(weights), len(ids))], 1)
-        out = self.backbone(inputs_embeds=x, attention_mask=causal_padding_bias(attn, x.dtype),
+        positions = getattr(self, f"positions_{task}")[None].expand(len(weights), -1)
+        out = self.backbone(inputs_embeds=x, attention_mask=causal_padding_bias(attn, x.dtype), position_ids=positions,
                             output_hidden_states=True, use_cache=False)  # one pass, no generation: no KV cache
         return self.heads[task](self.task_attn[task](out.hidden_states, attn))
 

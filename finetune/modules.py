@@ -104,10 +104,13 @@ class CrossModalFusion(nn.Module):
         self.attn = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden))
 
-    def forward(self, tokens: torch.Tensor, weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """tokens (B, M, n_f, d), weights (B, M), present (B, M) → (B, M*n_f, hidden)."""
+    def forward(self, tokens: torch.Tensor, weights: torch.Tensor, present: torch.Tensor,
+                slots: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, M, n_f, d), weights (B, M), present (B, M) → (B, M*n_f, hidden). ``slots`` (M,): which
+        modality (row of the modality embedding) each of the M inputs is; default all, in order."""
         b, m, n, d = tokens.shape
-        x = tokens * weights[..., None, None] + self.modality_embed[None, :, None, :]
+        embed = self.modality_embed if slots is None else self.modality_embed.index_select(0, slots)
+        x = tokens * weights[..., None, None] + embed[None, :, None, :]
         x = x.reshape(b, m * n, d)
         pad = ~present[:, :, None].expand(b, m, n).reshape(b, m * n)
         return self.out(self.attn(x, src_key_padding_mask=pad))

@@ -301,6 +301,41 @@ def test_export_matches_eager(tiny_backbone, mixed_shards):
     assert check(predictor, program, batches, atol=1e-4) < 1e-4
 
 
+def test_task_sequence_equals_the_full_masked_layout(tiny_backbone, mixed_shards):
+    """Each task's backbone sequence holds only its own modalities' tokens, at their positions of the full
+    layout [every modality's tokens; instruction]: its outputs equal those of that layout with the other
+    modalities' tokens masked out (rebuilt here from the model's parts), for every task, with a modality
+    missing from some rows and one missing from the whole batch."""
+    from finetune.model import causal_padding_bias
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone).model).eval()
+    batch = _batch(mixed_shards, n=12)
+    batch["present"]["radar"][::3] = False
+    batch.pop("lidar"), batch.pop("lidar_mask")
+    n_mod, n_f = len(model.modalities), model.cfg.binding.n_tokens
+    with torch.no_grad():
+        enc = model.normalise({m: model.encoders[m](batch) for m in model.modalities if m in batch}, batch)
+        for task in model.cfg.tasks:
+            mods = [m for m in model.specs[task].inputs if m in enc]
+            weights = model.gating[task](torch.stack([enc[m].pooled for m in mods], 1),
+                                         torch.stack([batch["present"][m] for m in mods], 1))
+            tokens, present = torch.zeros(12, n_mod, n_f, model.cfg.binding.d), torch.zeros(12, n_mod, dtype=torch.bool)
+            w = torch.zeros(12, n_mod)
+            for i, m in enumerate(mods):
+                j = model.modalities.index(m)
+                tokens[:, j], present[:, j], w[:, j] = enc[m].tokens, batch["present"][m], weights[:, i]
+            fused = model.fusion(tokens, w, present)
+            ids = getattr(model, f"instr_{task}")
+            x = torch.cat([fused, model.backbone.get_input_embeddings()(ids)[None].expand(12, -1, -1)], 1)
+            attn = torch.cat([present[:, :, None].expand(-1, -1, n_f).reshape(12, -1), torch.ones(12, len(ids), dtype=torch.bool)], 1)
+            hidden = model.backbone(inputs_embeds=x, attention_mask=causal_padding_bias(attn, x.dtype),
+                                    output_hidden_states=True, use_cache=False).hidden_states
+            ref = model.heads[task](model.task_attn[task](hidden, attn))
+            out = model.task_forward(task, batch, enc, slice(None))
+            assert len(model.task_slots(task)) < n_mod  # the sequence is shorter than the full layout
+            assert torch.allclose(out, ref, atol=1e-5), (task, (out - ref).abs().max())
+
+
 def test_attention_bias_gives_the_librarys_masked_attention(tiny_backbone):
     """finetune.model.causal_padding_bias handed to the backbone as a 4D mask gives the hidden states of the
     library's own causal + padding mask at every real token (padding between and before the real tokens)."""
