@@ -62,7 +62,8 @@ def prototype_beam_prediction(model, emb: dict[str, np.ndarray], train_beam: np.
 
 
 def pairwise_retrieval(emb: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """(c): recall@1/5 between every pair of modalities present together (and beam-label recall)."""
+    """(c): recall@1/5 between every pair of modalities present together, and the label recall (the retrieved
+    sample has the query's best beam; for human frames its activity) with its chance level."""
     mods = [k.split("/", 1)[1] for k in emb if k.startswith("z/")]
     out = {}
     for a, b in itertools.permutations(mods, 2):
@@ -71,10 +72,11 @@ def pairwise_retrieval(emb: dict[str, np.ndarray]) -> dict[str, dict[str, float]
             continue
         r = recall_at_k(emb[f"z/{a}"][rows], emb[f"z/{b}"][rows], (1, 5))
         rec = {"R@1": r[1], "R@5": r[5], "pairs": int(rows.sum()), "chance_R@1": 1 / rows.sum()}
-        labels = emb["beam_label"][rows]
-        if (labels >= 0).all():
-            lr = label_recall_at_k(emb[f"z/{a}"][rows], emb[f"z/{b}"][rows], labels, (1, 5))
-            rec.update({"beamR@1": lr[1], "beamR@5": lr[5], "chance_beamR@1": label_chance(labels, 1)})
+        for name, key in (("beam", "beam_label"), ("activity", "activity")):
+            labels = emb[key][rows]
+            if (labels >= 0).all():
+                lr = label_recall_at_k(emb[f"z/{a}"][rows], emb[f"z/{b}"][rows], labels, (1, 5))
+                rec.update({f"{name}R@1": lr[1], f"{name}R@5": lr[5], f"chance_{name}R@1": label_chance(labels, 1)})
         out[f"{a}->{b}"] = rec
     return out
 
@@ -129,8 +131,9 @@ def render(data: dict[str, Any]) -> str:
     rows = [[kind, k, v] for kind, m in data["unseen"].items() for k, v in m.items() if not k.endswith("samples")]
     md += markdown_table(["test set", "metric", "value"], rows)
     md += "\n### (c) cross-modal retrieval\n\n"
-    rows = [[split, pair, r["R@1"], r["R@5"], r["chance_R@1"], r.get("beamR@1"), r.get("chance_beamR@1"), r["pairs"]]
+    rows = [[split, pair, r["R@1"], r["R@5"], r["chance_R@1"], r.get("beamR@1"), r.get("chance_beamR@1"),
+             r.get("activityR@1"), r.get("chance_activityR@1"), r["pairs"]]
             for split, res in data["retrieval"].items() for pair, r in res.items()]
     md += markdown_table(["split", "query->database", "R@1", "R@5", "chance R@1", "same-beam R@1", "chance same-beam R@1",
-                          "pairs"], rows)
+                          "same-activity R@1", "chance same-activity R@1", "pairs"], rows)
     return md

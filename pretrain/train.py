@@ -84,28 +84,33 @@ def stream_config(cfg, micro: int, epoch: int, train: bool, modalities: list[str
 
 @torch.no_grad()
 def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device: torch.device) -> dict[str, float]:
-    """Recall@1/5 of each modality → its anchor on the validation split (chance = k / pairs)."""
+    """Recall@1/5 of each modality → its anchor on the validation split (chance = k / pairs), and the label
+    recall of the retrieved anchor: the same best beam (anchor ``beam``) or the same activity (anchor ``wifi``),
+    with its chance level. Consecutive frames are near-duplicates, so the label recall says what instance
+    recall cannot: whether the retrieved anchor is a right one."""
     dirs = split_dirs(roots, "val")
     if not dirs:
         return {}
     model.eval()
     emb: dict[str, list] = {}
     present: dict[str, list] = {}
-    labels: list = []
+    labels: dict[str, list] = {"beam": [], "wifi": []}
     n = 0
     for batch in make_loader(dirs, stream_config(cfg, 64, 0, False, cfg.binding.modalities)):
         batch = to_device(batch, device)
         for m, z in model.embed(batch).items():
             emb.setdefault(m, []).append(z.float().cpu())
             present.setdefault(m, []).append(batch["present"][m].cpu())
-        labels.append(batch["beam_label"].cpu())
+        labels["beam"].append(batch["beam_label"].cpu())
+        labels["wifi"].append(batch["activity"].cpu())
         n += len(batch["key"])
         if n >= cfg.val_max_samples:
             break
     model.train()
     z = {m: torch.cat(v) for m, v in emb.items()}
     p = {m: torch.cat(v) for m, v in present.items()}
-    beam = torch.cat(labels).numpy()
+    label = {a: torch.cat(v).numpy() for a, v in labels.items()}  # the label each anchor carries
+    prefix = {"beam": "beam", "wifi": "activity"}
     out: dict[str, float] = {}
     for m, a, valid in anchor_pairs(cfg.binding.anchor, p, list(z)):
         idx = valid.nonzero().squeeze(1).numpy()
@@ -115,11 +120,11 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
         out[f"val/{m}->{a}/R@1"] = rec[1]
         out[f"val/{m}->{a}/R@5"] = rec[5]
         out[f"val/{m}->{a}/pairs"] = float(len(idx))
-        if a == "beam" and (beam[idx] >= 0).all():  # also: is the retrieved power vector's best beam right?
-            lab = label_recall_at_k(z[m][idx].numpy(), z[a][idx].numpy(), beam[idx], ks=(1, 5))
-            out[f"val/{m}->{a}/beamR@1"] = lab[1]
-            out[f"val/{m}->{a}/beamR@5"] = lab[5]
-            out[f"val/{m}->{a}/beamR@1_chance"] = label_chance(beam[idx], 1)
+        if a in label and (label[a][idx] >= 0).all():  # also: the retrieved anchor's best beam / activity
+            lab = label_recall_at_k(z[m][idx].numpy(), z[a][idx].numpy(), label[a][idx], ks=(1, 5))
+            out[f"val/{m}->{a}/{prefix[a]}R@1"] = lab[1]
+            out[f"val/{m}->{a}/{prefix[a]}R@5"] = lab[5]
+            out[f"val/{m}->{a}/{prefix[a]}R@1_chance"] = label_chance(label[a][idx], 1)
     return out
 
 

@@ -20,7 +20,7 @@ echo "[demo] stage one: binding encoders to the wireless anchor (DeepSpeed, CPU)
 rm -rf "$OUT/pretrain"
 $PY pretrain/run.py --preset demo --out "$OUT/pretrain" --no-progress > "$OUT/pretrain.log" 2>&1 \
   || { tail -n 40 "$OUT/pretrain.log"; exit 1; }
-echo "[demo] stage one retrieval (validation): $(grep -o '"val/[a-z_]*->[a-z]*/R@1": [0-9.]*' "$OUT/pretrain/result.json" | tr '\n' ' ')"
+echo "[demo] stage one retrieval (validation): $(grep -o '"val/[a-z_]*->[a-z]*/[a-z]*R@1": [0-9.]*' "$OUT/pretrain/result.json" | tr '\n' ' ')"
 echo "[demo] stage two: gated fusion + SmolLM2-135M (first 4 layers, LoRA) on beam, HAR, HPE and blockage"
 rm -rf "$OUT/finetune"
 $PY finetune/run.py --tasks all --preset demo --encoders "$OUT/pretrain" --out "$OUT/finetune" --no-progress \

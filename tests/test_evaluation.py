@@ -72,6 +72,24 @@ def test_retrieval_recall_and_label_recall_by_hand():
     assert label_chance(labels, 1) == pytest.approx((1 / 3) * (1 / 3) + (2 / 3) * (2 / 3))
 
 
+def test_pairwise_retrieval_scores_the_label_each_scene_carries():
+    """Zero-shot (c): vehicle pairs are scored by the retrieved sample's best beam, human pairs by its
+    activity; a frame that retrieves another frame of its own activity counts there, not as an instance hit."""
+    from evaluation.zeroshot import pairwise_retrieval
+    db = np.eye(6)
+    q = db[[2, 1, 0, 3, 5, 4]] + 0.1  # q_i retrieves db_perm(i): instance hits q1 and q3 only
+    present = np.ones(6, dtype=bool)
+    humans = {"z/a": q, "z/b": db, "present/a": present, "present/b": present,
+              "beam_label": np.full(6, -1), "activity": np.array([3, 1, 3, 2, 7, 7])}
+    r = pairwise_retrieval(humans)["a->b"]
+    assert r["R@1"] == pytest.approx(2 / 6)
+    assert r["activityR@1"] == pytest.approx(1.0) and "beamR@1" not in r  # the swaps stay within an activity
+    assert r["chance_activityR@1"] == pytest.approx(label_chance(humans["activity"], 1))
+    vehicles = dict(humans, beam_label=np.array([4, 9, 4, 9, 6, 8]), activity=np.full(6, -1))
+    r = pairwise_retrieval(vehicles)["a->b"]
+    assert r["beamR@1"] == pytest.approx(4 / 6) and "activityR@1" not in r
+
+
 def test_probes_on_separable_toy_features():
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=5.0, size=(4, 8))
