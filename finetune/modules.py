@@ -130,8 +130,9 @@ class TaskLayerAttention(nn.Module):
 
     def forward(self, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
         """hidden_states: the backbone's (embeddings, layer 1, ..., layer L), each (B, T, H); mask (B, T)."""
-        if not self.enabled:
-            last = mask.long().sum(1) - 1
+        if not self.enabled:  # the last real token; absent modalities leave masked tokens before it
+            t = mask.shape[1]
+            last = (mask.long() * torch.arange(1, t + 1, device=mask.device)).argmax(1)
             return hidden_states[-1][torch.arange(len(last), device=last.device), last]
         s = torch.zeros_like(hidden_states[0][:, 0])
         for layer, mlp in zip(self.layers, self.mlps):

@@ -176,6 +176,16 @@ def test_modality_dropout_hides_present_inputs_only_in_training(tiny_backbone, m
         assert torch.equal(res[t]["output"], ref[t]["output"])
 
 
+def test_task_attention_ablation_reads_the_last_real_token():
+    """--no-task-attention: the task feature is the final hidden state of the last real token, also when
+    masked tokens of absent modalities lie before it (not the token at the count of real ones)."""
+    from finetune.modules import TaskLayerAttention
+    hidden = tuple(torch.randn(3, 7, 4) for _ in range(3))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    out = TaskLayerAttention(4, [1, 2], enabled=False)(hidden, mask)
+    assert torch.equal(out, torch.stack([hidden[-1][0, 6], hidden[-1][1, 6], hidden[-1][2, 5]]))
+
+
 def test_uncertainty_loss_by_hand():
     u = UncertaintyLoss(["beam", "har"])
     with torch.no_grad():
