@@ -116,8 +116,9 @@ def render(data: dict[str, Any]) -> str:
     for feats in ("stage_one", "random_init", "stage_two"):
         for t, res in data[feats].items():
             for setting, r in res.items():
-                rows.append([feats, t, setting, r["labels"], r[METRIC[t]]])
-    md += markdown_table(["features", "task", "labels used", "n labels", "top-1 (HPE: MPJPE mm)"], rows)
+                rows.append([feats, t, setting, r["labels"], r[METRIC[t]], r.get("pa_mpjpe_mm"), r.get("baseline_pa_mpjpe_mm")])
+    md += markdown_table(["features", "task", "labels used", "n labels", "top-1 (HPE: MPJPE mm)", "HPE: PA-MPJPE mm",
+                          "HPE: PA-MPJPE of the aligned mean pose"], rows)
     if "finetune" in data:
         md += "\n## Fine-tuning on 10 % vs 100 % of the labels (same budget)\n\n"
         keys = ["beam/top1", "har/top1", "hpe/mpjpe_mm", "blockage/accuracy"]

@@ -32,8 +32,13 @@ def probe_classifier(x_train, y_train, x_test, y_test) -> dict[str, float]:
 
 
 def probe_regressor(x_train, y_train, x_test, y_test, alpha: float = 1.0) -> dict[str, float]:
-    """MPJPE (mm) of a ridge probe predicting 17 x 3 keypoints (metres)."""
-    from finetune.metrics import mpjpe_mm
+    """MPJPE and PA-MPJPE (mm) of a ridge probe predicting 17 x 3 keypoints (metres), and the PA-MPJPE of the
+    mean training pose aligned to each test pose: the probe's PA-MPJPE below it means the features carry
+    articulation, not only where the person stands."""
+    from finetune.metrics import mpjpe_mm, pa_mpjpe_mm
     scaler = StandardScaler().fit(x_train)
     pred = Ridge(alpha=alpha).fit(scaler.transform(x_train), y_train).predict(scaler.transform(x_test))
-    return {"mpjpe_mm": mpjpe_mm(pred.reshape(-1, 17, 3), y_test.reshape(-1, 17, 3))}
+    true = y_test.reshape(-1, 17, 3)
+    mean = np.broadcast_to(y_train.reshape(-1, 17, 3).mean(0), true.shape)
+    return {"mpjpe_mm": mpjpe_mm(pred.reshape(-1, 17, 3), true), "pa_mpjpe_mm": pa_mpjpe_mm(pred.reshape(-1, 17, 3), true),
+            "baseline_pa_mpjpe_mm": pa_mpjpe_mm(mean, true)}

@@ -102,7 +102,15 @@ def test_probes_on_separable_toy_features():
     assert len(shots) == 8 and np.all(np.bincount(y[shots]) == 2)
     w = rng.normal(size=(8, 51))
     poses = x @ w * 0.01
-    assert probe_regressor(x[tr], poses[tr], x[te], poses[te], alpha=1e-6)["mpjpe_mm"] < 1.0
+    r = probe_regressor(x[tr], poses[tr], x[te], poses[te], alpha=1e-6)
+    assert r["mpjpe_mm"] < 1.0 and r["pa_mpjpe_mm"] < 0.1 * r["baseline_pa_mpjpe_mm"]  # articulation from x
+    # features that tell where the person stands but not the articulation: MPJPE falls, PA-MPJPE does not
+    template = rng.normal(scale=0.3, size=(1, 17, 3))
+    moved = template + (x[:, :3] * 0.5)[:, None] + rng.normal(scale=0.05, size=(len(x), 17, 3))
+    r = probe_regressor(x[tr], moved[tr].reshape(-1, 51), x[te], moved[te].reshape(-1, 51))
+    mean_pose_error = mpjpe_mm(np.broadcast_to(moved[tr].mean(0), moved[te].shape), moved[te])
+    assert r["mpjpe_mm"] < 0.1 * mean_pose_error
+    assert r["pa_mpjpe_mm"] == pytest.approx(r["baseline_pa_mpjpe_mm"], rel=0.1)
 
 
 def test_codebook_prototypes_peak_at_their_own_beam():
