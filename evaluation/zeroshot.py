@@ -14,7 +14,7 @@ from airbind.fmcw import SPEED_OF_LIGHT
 from evaluation.common import EvalConfig, finetune_checkpoint, markdown_table, pretrain_checkpoint, roots_for, write_report
 from evaluation.embed import embed_split, load_binding
 from pretrain.data import resolve_data, split_dirs
-from pretrain.retrieval import label_chance, label_recall_at_k, nearest, recall_at_k
+from pretrain.retrieval import ANCHOR_LABELS, label_chance, label_recall_at_k, nearest, recall_at_k
 
 
 def codebook_prototypes(dynamic_range_db: float, n_beams: int = 64) -> np.ndarray:
@@ -72,7 +72,7 @@ def pairwise_retrieval(emb: dict[str, np.ndarray]) -> dict[str, dict[str, float]
             continue
         r = recall_at_k(emb[f"z/{a}"][rows], emb[f"z/{b}"][rows], (1, 5))
         rec = {"R@1": r[1], "R@5": r[5], "pairs": int(rows.sum()), "chance_R@1": 1 / rows.sum()}
-        for name, key in (("beam", "beam_label"), ("activity", "activity")):
+        for name, key in ANCHOR_LABELS.values():
             labels = emb[key][rows]
             if (labels >= 0).all():
                 lr = label_recall_at_k(emb[f"z/{a}"][rows], emb[f"z/{b}"][rows], labels, (1, 5))

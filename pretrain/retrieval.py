@@ -4,6 +4,10 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+# the label that scores a retrieval of each anchor: (metric prefix, batch key). A vehicle scene's power vector by
+# its best beam, a human frame's CSI by its activity; rows without the label carry -1
+ANCHOR_LABELS = {"beam": ("beam", "beam_label"), "wifi": ("activity", "activity")}
+
 
 def nearest(queries: np.ndarray, database: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` database rows with the largest inner product to each query (faiss, exact)."""

@@ -21,7 +21,7 @@ from pretrain.data import resolve_data, split_dirs
 from pretrain.distributed import DistInfo, init_distributed
 from pretrain.loss import MaskedClipLoss
 from pretrain.model import BindingModel, anchor_pairs
-from pretrain.retrieval import label_chance, label_recall_at_k, recall_at_k
+from pretrain.retrieval import ANCHOR_LABELS, label_chance, label_recall_at_k, recall_at_k
 from shards.stream import StreamConfig, make_loader
 
 
@@ -94,15 +94,15 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
     model.eval()
     emb: dict[str, list] = {}
     present: dict[str, list] = {}
-    labels: dict[str, list] = {"beam": [], "wifi": []}
+    labels: dict[str, list] = {a: [] for a in ANCHOR_LABELS}
     n = 0
     for batch in make_loader(dirs, stream_config(cfg, 64, 0, False, cfg.binding.modalities)):
         batch = to_device(batch, device)
         for m, z in model.embed(batch).items():
             emb.setdefault(m, []).append(z.float().cpu())
             present.setdefault(m, []).append(batch["present"][m].cpu())
-        labels["beam"].append(batch["beam_label"].cpu())
-        labels["wifi"].append(batch["activity"].cpu())
+        for a, (_, key) in ANCHOR_LABELS.items():
+            labels[a].append(batch[key].cpu())
         n += len(batch["key"])
         if n >= cfg.val_max_samples:
             break
@@ -110,7 +110,6 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
     z = {m: torch.cat(v) for m, v in emb.items()}
     p = {m: torch.cat(v) for m, v in present.items()}
     label = {a: torch.cat(v).numpy() for a, v in labels.items()}  # the label each anchor carries
-    prefix = {"beam": "beam", "wifi": "activity"}
     out: dict[str, float] = {}
     for m, a, valid in anchor_pairs(cfg.binding.anchor, p, list(z)):
         idx = valid.nonzero().squeeze(1).numpy()
@@ -122,9 +121,10 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
         out[f"val/{m}->{a}/pairs"] = float(len(idx))
         if a in label and (label[a][idx] >= 0).all():  # also: the retrieved anchor's best beam / activity
             lab = label_recall_at_k(z[m][idx].numpy(), z[a][idx].numpy(), label[a][idx], ks=(1, 5))
-            out[f"val/{m}->{a}/{prefix[a]}R@1"] = lab[1]
-            out[f"val/{m}->{a}/{prefix[a]}R@5"] = lab[5]
-            out[f"val/{m}->{a}/{prefix[a]}R@1_chance"] = label_chance(label[a][idx], 1)
+            name = ANCHOR_LABELS[a][0]
+            out[f"val/{m}->{a}/{name}R@1"] = lab[1]
+            out[f"val/{m}->{a}/{name}R@5"] = lab[5]
+            out[f"val/{m}->{a}/{name}R@1_chance"] = label_chance(label[a][idx], 1)
     return out
 
 
