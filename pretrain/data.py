@@ -19,8 +19,10 @@ def twin_shards(kind: str, shard_size: int = 200) -> Path:
     from twin import cache as twin_cache
     raw = twin_cache.default_vehicles() if kind == "vehicles" else twin_cache.default_humans()
     spec = TWIN_SPLITS[kind]
-    # "splits-2": pinned groups no longer shrink val (shards/splits.py free_targets); older caches are rebuilt
-    digest = hashlib.sha256(f"{raw.name}{spec}{shard_size}shuffled;splits-2".encode()).hexdigest()[:10]
+    # "splits-2": pinned groups no longer shrink val (shards/splits.py free_targets); "past-wifi": human frames
+    # carry their previous frames' CSI (past_wifi.npy). Older caches are rebuilt.
+    tag = "shuffled;splits-2" + (";past-wifi" if kind == "humans" else "")
+    digest = hashlib.sha256(f"{raw.name}{spec}{shard_size}{tag}".encode()).hexdigest()[:10]
     build = lambda tmp: write_dataset(WriteConfig(spec["source"], raw, tmp, split=spec["split"],  # noqa: E731
                                                   fractions=spec["fractions"],
                                                   held_out_test=spec.get("held_out_test", []),

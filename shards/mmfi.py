@@ -2,7 +2,9 @@
 
 Per action folder ``ground_truth.npy`` holds (frames x 17 x 3) keypoints in metres. LiDAR ``.bin`` is
 float64 N x 3, mmWave ``.bin`` float64 N x 5 (x, y, z, doppler, intensity), WiFi ``.mat`` has ``CSIamp``
-(3 x 114 x 10). 0-byte frame files are treated as a missing modality for that frame (and counted). RGB
+(3 x 114 x 10). Each frame with CSI also carries the CSI of up to ``past_wifi_frames`` previous frames of its
+sequence (``past_wifi.npy``, oldest first, cut at the first missing one): one frame is 0.1 s of packets,
+too short for the body's motion to show, and WiFi sensing reads windows of about a second. 0-byte frame files are treated as a missing modality for that frame (and counted). RGB
 frames that are images (``.png``/``.jpg``) become ``image.jpg``; the official release's ``rgb/*.npy``
 (2-D keypoints, not pixels) and ``depth`` have no schema key and are not written.
 """
@@ -30,6 +32,7 @@ class MMFiConfig:
 
     frame_rate_hz: float = 10.0
     max_csi_repair_fraction: float = 0.2  # share of non-finite CSI values repaired before a frame is refused
+    past_wifi_frames: int = 9  # previous frames' CSI stored with each frame (past_wifi.npy); 0: none
 
 
 def repair_csi(amp: np.ndarray, path: Path, max_fraction: float) -> tuple[np.ndarray, int]:
@@ -112,11 +115,28 @@ class MMFiReader:
                 continue
             meta = {"activity": activity, "keypoints": kp.astype(float).round(6).tolist(), "subject": subject,
                     "env": env, "seq": seq, "index": number, "time": (number - 1) / self.cfg.frame_rate_hz}
+            past = []
+            if "wifi-csi" in frames[number]:
+                for prev in range(number - 1, max(0, number - self.cfg.past_wifi_frames - 1), -1):
+                    if "wifi-csi" not in frames.get(prev, {}):
+                        break
+                    past.insert(0, frames[prev]["wifi-csi"])
             records.append(Record(key=make_key(self.source, env, seq, number), source=self.source, group=env,
-                                  seq=seq, meta=meta, load=self._loader(frames[number], meta)))
+                                  seq=seq, meta=meta, load=self._loader(frames[number], meta, past)))
         return records
 
-    def _loader(self, files: dict[str, Path], meta: dict[str, Any]):
+    def _read_csi(self, path: Path) -> tuple[np.ndarray, int]:
+        """``CSIamp`` of one frame file, checked and with non-finite values repaired (and their count)."""
+        mat = fileio.read_mat(path)
+        if "CSIamp" not in mat:
+            raise DataError(path, f"no 'CSIamp' key (keys: {sorted(mat)})")
+        amp = np.asarray(mat["CSIamp"], dtype=np.float64)
+        if amp.shape != WIFI_SHAPE:
+            raise DataError(path, f"CSIamp must be {WIFI_SHAPE}, got {amp.shape}")
+        amp, repaired = repair_csi(amp, path, self.cfg.max_csi_repair_fraction)
+        return check_array("wifi.npy", amp, str(path)), repaired
+
+    def _loader(self, files: dict[str, Path], meta: dict[str, Any], past: list[Path]):
         def load() -> dict[str, Any]:
             sample: dict[str, Any] = {}
             meta_out = dict(meta)
@@ -129,17 +149,14 @@ class MMFiReader:
                 pts = fileio.read_float64_bin(files["mmwave"], columns=5)
                 sample["radar.npy"] = check_array("radar.npy", pts, str(files["mmwave"]))
             if "wifi-csi" in files:
-                path = files["wifi-csi"]
-                mat = fileio.read_mat(path)
-                if "CSIamp" not in mat:
-                    raise DataError(path, f"no 'CSIamp' key (keys: {sorted(mat)})")
-                amp = np.asarray(mat["CSIamp"], dtype=np.float64)
-                if amp.shape != WIFI_SHAPE:
-                    raise DataError(path, f"CSIamp must be {WIFI_SHAPE}, got {amp.shape}")
-                amp, repaired = repair_csi(amp, path, self.cfg.max_csi_repair_fraction)
+                sample["wifi.npy"], repaired = self._read_csi(files["wifi-csi"])
                 if repaired:
                     meta_out["wifi_repaired"] = repaired
-                sample["wifi.npy"] = check_array("wifi.npy", amp, str(path))
+            if past:
+                amps, repaired = zip(*(self._read_csi(p) for p in past))
+                if sum(repaired):
+                    meta_out["past_wifi_repaired"] = sum(repaired)
+                sample["past_wifi.npy"] = check_array("past_wifi.npy", np.stack(amps), str(past[-1]))
             sample["meta.json"] = meta_out
             return sample
         return load

@@ -22,6 +22,7 @@ MODALITY_KEYS: dict[str, str] = {
     "beam": "beam.npy",
     "wifi": "wifi.npy",
     "past_beam": "past_beam.npy",
+    "past_wifi": "past_wifi.npy",
 }
 META_KEY = "meta.json"
 ALLOWED_KEYS = frozenset(MODALITY_KEYS.values()) | {META_KEY, "__key__"}
@@ -63,6 +64,11 @@ def check_array(name: str, arr: np.ndarray, path: str) -> np.ndarray:
     elif name == "wifi.npy":
         if arr.shape != WIFI_SHAPE:
             raise DataError(path, f"WiFi CSI amplitude must be {WIFI_SHAPE}, got shape {arr.shape}")
+        arr = arr.astype("<f4")
+    elif name == "past_wifi.npy":
+        if arr.ndim != 4 or arr.shape[0] < 1 or arr.shape[1:] != WIFI_SHAPE:
+            raise DataError(path, f"past WiFi CSI must be T x {' x '.join(map(str, WIFI_SHAPE))} (T >= 1), "
+                                  f"got shape {arr.shape}")
         arr = arr.astype("<f4")
     else:
         raise DataError(path, f"unknown array key {name!r}")

@@ -27,7 +27,9 @@ from shards.tarstream import tar_samples
 POINT_WIDTH = {"radar": 5, "lidar": 4}
 # shapes used to zero-fill a modality that no sample of a batch has (see StreamConfig.always)
 FILL_SHAPES = {"radar": (1, 5), "lidar": (1, 4), "gps": (4,), "beam": (64,), "past_beam": (8, 64),
-               "wifi": (3, 114, 10)}
+               "wifi": (3, 114, 10), "past_wifi": (1, 3, 114, 10)}
+# sequences of a per-sample length, padded at the oldest end (``batch[m + "_mask"]``: B x T, True = real step)
+PAST_SEQUENCES = ("past_wifi",)
 
 
 @dataclass
@@ -126,7 +128,8 @@ def collate(samples: Sequence[dict[str, Any]], max_points: int = 512, always: Se
 
     Each modality ``m`` gives ``batch[m]`` (zeros where absent) and ``batch["present"][m]`` (B bool);
     point clouds are padded to the largest cloud of the batch with ``batch[m + "_mask"]`` (B x P bool, True =
-    real point); LiDAR N x 3 gets a zero intensity column. Labels: ``beam`` (best-beam index, -1 when
+    real point); LiDAR N x 3 gets a zero intensity column; ``past_wifi`` (T x 3 x 114 x 10, T per sample) is
+padded at the oldest end to the batch's longest, with ``batch["past_wifi_mask"]`` (B x T). Labels: ``beam`` (best-beam index, -1 when
     absent), ``activity`` (-1), ``blockage`` (-1), ``keypoints`` (B x 17 x 3, with ``has_keypoints``).
     """
     b = len(samples)
@@ -139,7 +142,7 @@ def collate(samples: Sequence[dict[str, Any]], max_points: int = 512, always: Se
             if mod in always:
                 shape = (3, image_size, image_size) if mod == "image" else FILL_SHAPES[mod]
                 batch[mod] = torch.zeros(b, *shape, dtype=torch.uint8 if mod == "image" else torch.float32)
-                if mod in POINT_WIDTH:
+                if mod in POINT_WIDTH or mod in PAST_SEQUENCES:
                     batch[mod + "_mask"] = torch.zeros(b, shape[0], dtype=torch.bool)
             continue
         if mod in POINT_WIDTH:
@@ -153,6 +156,21 @@ def collate(samples: Sequence[dict[str, Any]], max_points: int = 512, always: Se
                 pts[i, : len(c), : c.shape[1]] = torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))
                 mask[i, : len(c)] = True
             batch[mod], batch[mod + "_mask"] = pts, mask
+        elif mod in PAST_SEQUENCES:
+            steps = [s.get(mod) for s in samples]
+            ref = next(x for x in steps if x is not None)
+            t_max = max(len(x) for x in steps if x is not None)
+            seq = torch.zeros(b, t_max, *ref.shape[1:])
+            mask = torch.zeros(b, t_max, dtype=torch.bool)
+            for i, x in enumerate(steps):
+                if x is None:
+                    continue
+                if x.shape[1:] != ref.shape[1:]:
+                    raise DataError(samples[i]["__key__"], f"{mod} step shape {x.shape[1:]} differs from "
+                                                           f"{ref.shape[1:]} in batch")
+                seq[i, t_max - len(x):] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                mask[i, t_max - len(x):] = True
+            batch[mod], batch[mod + "_mask"] = seq, mask
         else:
             ref = next(s[mod] for s in samples if mod in s)
             for s in samples:

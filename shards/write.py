@@ -34,6 +34,7 @@ class WriteConfig:
     shuffle: bool = True   # write each split in a seeded random order (see write_dataset)
     skip_bad: bool = False
     progress: bool = True
+    past_wifi_frames: int = MMFiConfig.past_wifi_frames  # MM-Fi: previous frames' CSI stored with each frame
 
 
 def write_dataset(cfg: WriteConfig) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def write_dataset(cfg: WriteConfig) -> dict[str, Any]:
     if cfg.source == "deepsense":
         reader: DeepSenseReader | MMFiReader = DeepSenseReader(DeepSenseConfig(), bad)
     elif cfg.source == "mmfi":
-        reader = MMFiReader(MMFiConfig(), bad)
+        reader = MMFiReader(MMFiConfig(past_wifi_frames=cfg.past_wifi_frames), bad)
     else:
         raise ValueError(f"unknown source {cfg.source!r} (deepsense or mmfi)")
     records = reader.index(cfg.root)
@@ -101,14 +102,18 @@ def parse_args(argv: list[str] | None = None) -> WriteConfig:
     p.add_argument("--no-shuffle", action="store_true", help="keep the reader's (time) order inside each split")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad files instead of stopping")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--past-wifi-frames", type=int, default=MMFiConfig.past_wifi_frames,
+                   help="MM-Fi: CSI of up to this many previous frames stored with each frame (past_wifi.npy)")
     a = p.parse_args(argv)
+    if a.past_wifi_frames < 0:
+        p.error("--past-wifi-frames must be >= 0")
     fractions = tuple(float(x) for x in a.fractions.split(","))
     if len(fractions) != 3:
         p.error("--fractions takes three numbers")
     groups = lambda s: [g for g in s.split(",") if g]
     return WriteConfig(a.source, a.root, a.out, a.split, fractions, groups(a.val_groups), groups(a.test_groups),
                        a.seed, a.shard_size, not a.no_shuffle, a.skip_bad,
-                       not a.no_progress)
+                       not a.no_progress, a.past_wifi_frames)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from shards import fileio
 from shards.deepsense import DeepSenseReader, find_csvs
 from shards.errors import DataError
 from airbind.geo import en_to_latlon, latlon_to_en
-from shards.mmfi import MMFiReader
+from shards.mmfi import MMFiConfig, MMFiReader
 from shards.radar import RadarConfig, cube_to_points
 from shards.records import BadInput
 from tests import builders
@@ -164,6 +164,25 @@ def test_mmfi_csi_repair_and_refusal(tmp_path):
     scipy.io.savemat(csi_path, {"CSIamp": amp})
     with pytest.raises(DataError, match=r"frame001\.mat: 3420 of 3420 CSI amplitudes are NaN/Inf"):
         MMFiReader().index(root)[0].load()
+
+
+def test_mmfi_past_wifi_window(tmp_path):
+    root = builders.mmfi(tmp_path, envs=("E01",), subjects_per_env=1, actions=("A01",), frames=7)
+    csi = root / "E01/S01/A01/wifi-csi"
+    amp = {n: scipy.io.loadmat(csi / f"frame{n:03d}.mat")["CSIamp"] for n in range(1, 8)}
+    (csi / "frame003.mat").write_bytes(b"")  # a 0-byte frame cuts the window
+    recs = {r.meta["index"]: r for r in MMFiReader(MMFiConfig(past_wifi_frames=3)).index(root)}
+    loaded = {n: r.load() for n, r in recs.items()}
+    assert "past_wifi.npy" not in loaded[1] and "past_wifi.npy" not in loaded[3]  # no past; no CSI of its own
+    np.testing.assert_allclose(loaded[2]["past_wifi.npy"], amp[1][None], rtol=1e-6)
+    assert "past_wifi.npy" not in loaded[4]  # its previous frame is the empty one
+    np.testing.assert_allclose(loaded[5]["past_wifi.npy"], np.stack([amp[4]]), rtol=1e-6)
+    np.testing.assert_allclose(loaded[7]["past_wifi.npy"], np.stack([amp[4], amp[5], amp[6]]), rtol=1e-6)
+    assert loaded[7]["past_wifi.npy"].dtype == np.float32
+    assert all("past_wifi.npy" not in r.load() for r in MMFiReader(MMFiConfig(past_wifi_frames=0)).index(root))
+    scipy.io.savemat(csi / "frame005.mat", {"CSIamp": np.full((3, 114, 10), np.nan)})  # a corrupt past frame is named
+    with pytest.raises(DataError, match=r"frame005\.mat: 3420 of 3420 CSI amplitudes are NaN/Inf"):
+        recs[6].load()
 
 
 def test_mmfi_missing_ground_truth(tmp_path):
