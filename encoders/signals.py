@@ -113,20 +113,60 @@ class PastBeamEncoder(nn.Module):
 @register("wifi")
 class WiFiEncoder(nn.Module):
     """CSI amplitude (3 antennas x 114 subcarriers x 10 packets): log-amplitude, a small CNN over
-    (subcarrier, packet) with antennas as channels; tokens are groups of subcarriers."""
+    (subcarrier, packet) with antennas as channels; tokens are groups of subcarriers.
+
+    With ``window`` K > 0 it reads the frame's CSI after up to K previous frames' (``past_wifi``): the
+    packets of the window in time order, a fourth input channel marking real packets (a frame without a
+    full past is padded at the oldest end), strides over time, and the time axis averaged over real
+    packets only. WiFi sensing reads the body's motion from how the channel changes over about a second;
+    one frame holds 0.1 s. K = 0 is the frame alone (the encoder of checkpoints written before the window).
+    """
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        c = cfg.d // 4
+        self.window = int(cfg.options.get("window", 0))
+        if self.window < 0:
+            raise ValueError(f"WiFi window must be >= 0 previous frames, got {self.window}")
+        c, t = cfg.d // 4, 2 if self.window else 1  # stride over packets
+        k = 5 if self.window else 3
         self.net = nn.Sequential(
-            nn.Conv2d(3, c, (7, 3), stride=(2, 1), padding=(3, 1)), nn.GroupNorm(4, c), nn.GELU(),
-            nn.Conv2d(c, cfg.d // 2, (5, 3), stride=(2, 1), padding=(2, 1)), nn.GroupNorm(8, cfg.d // 2), nn.GELU(),
+            nn.Conv2d(4 if self.window else 3, c, (7, k), stride=(2, t), padding=(3, k // 2)), nn.GroupNorm(4, c),
+            nn.GELU(),
+            nn.Conv2d(c, cfg.d // 2, (5, k), stride=(2, t), padding=(2, k // 2)), nn.GroupNorm(8, cfg.d // 2),
+            nn.GELU(),
             nn.Conv2d(cfg.d // 2, cfg.d, (3, 3), padding=1), nn.GELU())
         self.pool = nn.AdaptiveAvgPool2d((cfg.n_tokens, 1))
+        self.n_tokens = cfg.n_tokens
         self.norm = nn.LayerNorm(cfg.d)
 
     def forward(self, batch: dict) -> EncoderOutput:
-        x = torch.log1p(batch["wifi"].float().clamp(min=0))
-        h = self.net(x - x.mean(dim=(1, 2, 3), keepdim=True))  # log-amplitude centred per frame (AGC-free)
-        tokens = self.norm(self.pool(h).squeeze(-1).transpose(1, 2))
-        return zero_absent(EncoderOutput(tokens, tokens.mean(1)), batch["present"].get("wifi"))
+        present = batch["present"].get("wifi")
+        if not self.window:
+            x = torch.log1p(batch["wifi"].float().clamp(min=0))
+            h = self.net(x - x.mean(dim=(1, 2, 3), keepdim=True))  # log-amplitude centred per frame (AGC-free)
+            tokens = self.norm(self.pool(h).squeeze(-1).transpose(1, 2))
+            return zero_absent(EncoderOutput(tokens, tokens.mean(1)), present)
+        frames, real = self.window_frames(batch)  # (B, K+1, 3, S, P), (B, K+1)
+        b, n, a, s, p = frames.shape
+        x = torch.log1p(frames.clamp(min=0)).permute(0, 2, 3, 1, 4).reshape(b, a, s, n * p)
+        m = real.repeat_interleave(p, 1).to(x.dtype)[:, None, None]  # (B, 1, 1, (K+1) P)
+        mean = (x * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True)  # per antenna and subcarrier
+        h = self.net(torch.cat([(x - mean) * m, m.expand(b, 1, s, n * p)], 1))
+        w = nn.functional.interpolate(m[:, :, 0], size=h.shape[-1], mode="nearest")[:, :, None]  # (B, 1, 1, T')
+        h = (h * w).sum(-1) / w.sum(-1).clamp(min=1.0)  # (B, d, S'): mean over real time steps
+        tokens = self.norm(nn.functional.adaptive_avg_pool1d(h, self.n_tokens).transpose(1, 2))
+        return zero_absent(EncoderOutput(tokens, tokens.mean(1)), present)
+
+    def window_frames(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last ``window`` past frames and the current one, oldest first, and which of them are real."""
+        cur = batch["wifi"].float()
+        b, k = cur.shape[0], self.window
+        frames = cur.new_zeros(b, k + 1, *cur.shape[1:])
+        real = torch.zeros(b, k + 1, dtype=torch.bool, device=cur.device)
+        frames[:, -1], real[:, -1] = cur, True
+        past = batch.get("past_wifi")
+        if past is not None and past.shape[1]:
+            take = min(k, past.shape[1])
+            frames[:, k - take: k] = past[:, -take:].float()
+            real[:, k - take: k] = batch["past_wifi_mask"][:, -take:] & batch["present"]["past_wifi"][:, None]
+        return frames, real

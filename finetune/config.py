@@ -6,7 +6,7 @@ from typing import Any
 
 from finetune.backbone import BackboneConfig
 from finetune.model import ModelConfig
-from pretrain.model import BindingConfig
+from pretrain.model import BINDING_LEGACY, BindingConfig
 
 
 @dataclass
@@ -52,6 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def from_dict(cls, data: dict[str, Any]):
     """Rebuild a (nested) dataclass from ``asdict`` output, ignoring unknown keys."""
     kwargs = {}
+    if cls is BindingConfig:
+        data = {**BINDING_LEGACY, **data}
     for f in fields(cls):
         if f.name not in data:
             continue

@@ -12,6 +12,8 @@ from torch import nn
 from encoders import EncoderConfig, build_encoder
 
 ANCHORS = ("auto", "beam", "wifi", "image", "joint")
+# what a checkpoint's config written before a BindingConfig field existed was trained with
+BINDING_LEGACY = {"wifi_window": 0}
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
@@ -27,6 +29,7 @@ class BindingConfig:
     image_checkpoint: str | None = None
     coord_scale: float = 10.0
     init_temperature: float = 0.07
+    wifi_window: int = 9     # previous CSI frames the WiFi encoder reads with each frame (0: the frame alone)
 
     def encoder_configs(self) -> dict[str, EncoderConfig]:
         out = {}
@@ -36,6 +39,8 @@ class BindingConfig:
                 opts = {"arch": self.image_arch, "norm": self.image_norm, "checkpoint": self.image_checkpoint}
             elif m in ("radar", "lidar"):
                 opts = {"coord_scale": self.coord_scale}
+            elif m == "wifi":
+                opts = {"window": self.wifi_window}
             out[m] = EncoderConfig(m, self.d, self.n_tokens, opts)
         return out
 

@@ -200,6 +200,43 @@ def test_standardised_points_are_unit_rms_and_invariant_to_room_scale():
     assert torch.equal(part[12:], torch.zeros(8, 3))
 
 
+def _csi_sample(rng: np.random.Generator, key: str, past: int) -> dict:
+    s = {"__key__": key, "meta": {}, "wifi": rng.uniform(5, 40, (3, 114, 10)).astype(np.float32)}
+    if past:
+        s["past_wifi"] = rng.uniform(5, 40, (past, 3, 114, 10)).astype(np.float32)
+    return s
+
+
+def test_wifi_window_reads_the_past_frames_and_ignores_padding():
+    from encoders import EncoderConfig, build_encoder
+    from finetune.config import from_dict
+    rng = np.random.default_rng(0)
+    samples = [_csi_sample(rng, f"k{i}", past) for i, past in enumerate((0, 2, 5))]
+    batch = collate(samples)
+    assert batch["past_wifi"].shape == (3, 5, 3, 114, 10)
+    assert batch["past_wifi_mask"].tolist() == [[False] * 5, [False] * 3 + [True] * 2, [True] * 5]
+    assert torch.equal(batch["past_wifi"][1, 3:], torch.from_numpy(samples[1]["past_wifi"]))  # oldest end padded
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig("wifi", 32, 4, {"window": 3})).eval()
+    with torch.no_grad():
+        out = enc(batch).pooled
+        alone = [enc(collate([s])).pooled[0] for s in samples]
+        cut = dict(samples[2], past_wifi=samples[2]["past_wifi"][-3:])
+        older, changed = (dict(samples[2], past_wifi=samples[2]["past_wifi"].copy()) for _ in range(2))
+        older["past_wifi"][:2] *= 2.0  # frames older than the window
+        changed["past_wifi"][-1] *= 2.0
+        for i in range(3):  # a row's embedding does not depend on the other rows' padding
+            torch.testing.assert_close(out[i], alone[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(enc(collate([cut])).pooled[0], alone[2], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(enc(collate([older])).pooled[0], alone[2], atol=1e-5, rtol=1e-5)
+        assert (enc(collate([changed])).pooled[0] - alone[2]).abs().max() > 1e-3  # the window's frames count
+        assert from_dict(BindingConfig, {}).wifi_window == 0 and BindingConfig().wifi_window == 9  # older configs
+        legacy = build_encoder(EncoderConfig("wifi", 32, 4, {})).eval()  # the frame alone
+        torch.testing.assert_close(legacy(batch).pooled[0], legacy(collate([samples[0]])).pooled[0])
+        torch.testing.assert_close(legacy(collate([samples[2]])).pooled[0],
+                                   legacy(collate([dict(samples[2], past_wifi=samples[2]["past_wifi"] * 3)])).pooled[0])
+
+
 def test_checkpoint_lookup_names_the_path_when_there_is_none(tmp_path):
     from airbind.checkpoint import CheckpointDir, checkpoint_at
     run = tmp_path / "run"
