@@ -75,4 +75,6 @@ def test_small_preset_and_report(tmp_path, capsys):
     result = json.loads((out / "report/humans.json").read_text())
     assert result["chance"] == pytest.approx(1 / 27)
     assert 2 * result["chance"] < result["accuracy"] < 0.95
+    window = result["csi_window_accuracy"]  # 8 frames per action: the 10-frame window does not fit
+    assert set(window) == {"1", "5"} and all(0 <= v <= 1 for v in window.values())
     assert (out / "report/humans.png").stat().st_size > 10_000

@@ -47,12 +47,15 @@ def _report(a: argparse.Namespace) -> int:
     out = a.out or a.dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     if kind == "humans":
-        from twin.human_report import figure, learnability
+        from twin.human_report import csi_window_learnability, figure, learnability
         figure(a.dir, out / "humans.png")
         result = learnability(a.dir)
+        result["csi_window_accuracy"] = csi_window_learnability(a.dir)
+        windows = " / ".join(f"{acc:.3f} over {w}" for w, acc in result["csi_window_accuracy"].items())
         text = (f"human twin {a.dir}\nlearnability (logistic regression on per-frame LiDAR/radar/CSI features, "
                 f"cross-subject): accuracy {result['accuracy']:.3f} vs chance {result['chance']:.3f} "
-                f"({result['train_frames']} train / {result['test_frames']} test frames)\n")
+                f"({result['train_frames']} train / {result['test_frames']} test frames)\n"
+                f"CSI alone, motion features of the last frames' packets: accuracy {windows or '-'} frames\n")
         (out / "humans.json").write_text(json.dumps(result, indent=1))
     elif kind == "vehicles":
         from twin.vehicle_report import report

@@ -81,6 +81,48 @@ def learnability(root: Path, max_frames: int = 10) -> dict[str, float]:
             "train_frames": int((~test).sum()), "test_frames": int(test.sum()), "classes": int(n_cls)}
 
 
+def csi_window_features(amp: np.ndarray) -> np.ndarray:
+    """Motion features of CSI amplitude over a window (3 antennas x 114 subcarriers x packets): the log power
+    in 6 log-spaced bands of the amplitude's spectrum over time (its Doppler signature) and the temporal
+    spread per group of 19 subcarriers, with the static part (each subcarrier's mean) removed."""
+    db = 20 * np.log10(amp + 1e-9)
+    groups = db.reshape(3, 6, 19, -1).mean(2)
+    x = groups - groups.mean(-1, keepdims=True)
+    spec = np.abs(np.fft.rfft(x * np.hanning(x.shape[-1]), axis=-1)).mean((0, 1))
+    edges = np.unique(np.geomspace(1, len(spec), 7).astype(int))
+    bands = [np.log(spec[lo:hi].mean() + 1e-6) for lo, hi in zip(edges[:-1], edges[1:])]
+    return np.array([*bands, *[0.0] * (6 - len(bands)), x.std(), np.abs(np.diff(db, axis=-1)).mean(),
+                     *x.std(-1).mean(0)])
+
+
+def csi_window_learnability(root: Path, windows: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Cross-subject logistic-regression accuracy of :func:`csi_window_features` over the last ``w`` frames'
+    CSI, for each window ``w`` that fits the shortest action (the same frames for every window)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    actions = []
+    for env_dir in sorted(root.glob("E[0-9]*")):
+        subjects = sorted(p.name for p in env_dir.glob("S[0-9]*"))
+        held = set(subjects[-max(1, len(subjects) // 4):])
+        for action_dir in sorted(env_dir.glob("S[0-9]*/A[0-9]*")):
+            amps = [scipy.io.loadmat(f)["CSIamp"] for f in sorted((action_dir / "wifi-csi").glob("frame*.mat"))
+                    if f.stat().st_size]
+            actions.append((amps, int(action_dir.name[1:]) - 1, action_dir.parent.name in held))
+    fits = [w for w in windows if w <= min((len(a) for a, _, _ in actions), default=0)]
+    out: dict[str, float] = {}
+    for w in fits:  # frames from the largest window's first on, so every window is scored on the same frames
+        rows = [(csi_window_features(np.concatenate(amps[t - w + 1: t + 1], -1)), y, test)
+                for amps, y, test in actions for t in range(max(fits) - 1, len(amps))]
+        x, y, test = (np.asarray(v) for v in zip(*rows))
+        if test.all() or not test.any():
+            return {}
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(x[~test], y[~test])
+        out[str(w)] = float((clf.predict(x[test]) == y[test]).mean())
+    return out
+
+
 def figure(root: Path, path: Path) -> None:
     """Skeletons of several activities, a radar and a LiDAR frame over the skeleton, CSI over time and a
     histogram of points per frame."""
