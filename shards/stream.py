@@ -129,8 +129,9 @@ def collate(samples: Sequence[dict[str, Any]], max_points: int = 512, always: Se
     Each modality ``m`` gives ``batch[m]`` (zeros where absent) and ``batch["present"][m]`` (B bool);
     point clouds are padded to the largest cloud of the batch with ``batch[m + "_mask"]`` (B x P bool, True =
     real point); LiDAR N x 3 gets a zero intensity column; ``past_wifi`` (T x 3 x 114 x 10, T per sample) is
-padded at the oldest end to the batch's longest, with ``batch["past_wifi_mask"]`` (B x T). Labels: ``beam`` (best-beam index, -1 when
-    absent), ``activity`` (-1), ``blockage`` (-1), ``keypoints`` (B x 17 x 3, with ``has_keypoints``).
+    padded at the oldest end to the batch's longest, with ``batch["past_wifi_mask"]`` (B x T). Labels:
+    ``beam`` (best-beam index, -1 when absent), ``activity`` (-1), ``blockage`` (-1), ``keypoints``
+    (B x 17 x 3, with ``has_keypoints``).
     """
     b = len(samples)
     batch: dict[str, Any] = {"key": [s["__key__"] for s in samples], "meta": [s["meta"] for s in samples],
