@@ -5,8 +5,9 @@ float64 N x 3, mmWave ``.bin`` float64 N x 5 (x, y, z, doppler, intensity), WiFi
 (3 x 114 x 10). Each frame with CSI also carries the CSI of up to ``past_wifi_frames`` previous frames of its
 sequence (``past_wifi.npy``, oldest first, cut at the first missing one): one frame is 0.1 s of packets,
 too short for the body's motion to show, and WiFi sensing reads windows of about a second. 0-byte frame
-files are treated as a missing modality for that frame (and counted). RGB frames that are images (``.png``/``.jpg``) become ``image.jpg``; the official release's ``rgb/*.npy``
-(2-D keypoints, not pixels) and ``depth`` have no schema key and are not written.
+files are treated as a missing modality for that frame (and counted). RGB frames that are images
+(``.png``/``.jpg``) become ``image.jpg``; the official release's ``rgb/*.npy`` (2-D keypoints, not pixels)
+and ``depth`` have no schema key and are not written.
 """
 from __future__ import annotations
 
