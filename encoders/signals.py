@@ -168,5 +168,5 @@ class WiFiEncoder(nn.Module):
         if past is not None and past.shape[1]:
             take = min(k, past.shape[1])
             frames[:, k - take: k] = past[:, -take:].float()
-            real[:, k - take: k] = batch["past_wifi_mask"][:, -take:] & batch["present"]["past_wifi"][:, None]
+            real[:, k - take: k] = batch["past_wifi_mask"][:, -take:]  # False for rows without past frames
         return frames, real

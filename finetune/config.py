@@ -6,7 +6,7 @@ from typing import Any
 
 from finetune.backbone import BackboneConfig
 from finetune.model import ModelConfig
-from pretrain.model import BINDING_LEGACY, BindingConfig
+from pretrain.model import BindingConfig
 
 
 @dataclass
@@ -50,10 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def from_dict(cls, data: dict[str, Any]):
-    """Rebuild a (nested) dataclass from ``asdict`` output, ignoring unknown keys."""
+    """Rebuild a (nested) dataclass from ``asdict`` output, ignoring unknown keys; fields the data lacks take the
+    class's ``LEGACY`` value where it has one (the value before the field existed), else their default."""
     kwargs = {}
-    if cls is BindingConfig:
-        data = {**BINDING_LEGACY, **data}
+    data = {**getattr(cls, "LEGACY", {}), **data}
     for f in fields(cls):
         if f.name not in data:
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,6 @@ from torch import nn
 from encoders import EncoderConfig, build_encoder
 
 ANCHORS = ("auto", "beam", "wifi", "image", "joint")
-# what a checkpoint's config written before a BindingConfig field existed was trained with
-BINDING_LEGACY = {"wifi_window": 0}
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
@@ -30,6 +29,8 @@ class BindingConfig:
     coord_scale: float = 10.0
     init_temperature: float = 0.07
     wifi_window: int = 9     # previous CSI frames the WiFi encoder reads with each frame (0: the frame alone)
+    # what a checkpoint's config written before a field existed was trained with (read by from_dict)
+    LEGACY: ClassVar[dict] = {"wifi_window": 0}
 
     def encoder_configs(self) -> dict[str, EncoderConfig]:
         out = {}
