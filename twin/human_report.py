@@ -54,30 +54,41 @@ def frame_features(frame: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(feats, dtype=np.float64)
 
 
-def learnability(root: Path, max_frames: int = 10) -> dict[str, float]:
-    """Cross-subject logistic-regression accuracy on :func:`frame_features` (every subject's last quarter
-    of each environment held out)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    xs, ys, test = [], [], []
+def _actions(root: Path):
+    """Each action folder with its activity index and whether its subject is held out (every environment's
+    last quarter of subjects, at least one)."""
     for env_dir in sorted(root.glob("E[0-9]*")):
         subjects = sorted(p.name for p in env_dir.glob("S[0-9]*"))
         held = set(subjects[-max(1, len(subjects) // 4):])
         for action_dir in sorted(env_dir.glob("S[0-9]*/A[0-9]*")):
-            names = sorted(p.stem for p in (action_dir / "lidar").glob("frame*.bin"))[:max_frames]
-            for name in names:
-                xs.append(frame_features(_load_frame(action_dir, name)))
-                ys.append(int(action_dir.name[1:]) - 1)
-                test.append(action_dir.parent.name in held)
+            yield action_dir, int(action_dir.name[1:]) - 1, action_dir.parent.name in held
+
+
+def _held_out_accuracy(x: np.ndarray, y: np.ndarray, test: np.ndarray, max_iter: int) -> float:
+    """Accuracy on the ``test`` rows of a standardised logistic regression fitted on the others."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=1.0)).fit(x[~test], y[~test])
+    return float((clf.predict(x[test]) == y[test]).mean())
+
+
+def learnability(root: Path, max_frames: int = 10) -> dict[str, float]:
+    """Cross-subject logistic-regression accuracy on :func:`frame_features` (every subject's last quarter
+    of each environment held out)."""
+    xs, ys, test = [], [], []
+    for action_dir, activity, held in _actions(root):
+        names = sorted(p.stem for p in (action_dir / "lidar").glob("frame*.bin"))[:max_frames]
+        for name in names:
+            xs.append(frame_features(_load_frame(action_dir, name)))
+            ys.append(activity)
+            test.append(held)
     x, y, test = np.asarray(xs), np.asarray(ys), np.asarray(test)
     if test.all() or not test.any():
         raise ValueError(f"{root}: need at least two subjects per environment for a cross-subject split")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    clf.fit(x[~test], y[~test])
     n_cls = len(np.unique(y))
-    return {"accuracy": float((clf.predict(x[test]) == y[test]).mean()), "chance": 1.0 / n_cls,
+    return {"accuracy": _held_out_accuracy(x, y, test, 2000), "chance": 1.0 / n_cls,
             "train_frames": int((~test).sum()), "test_frames": int(test.sum()), "classes": int(n_cls)}
 
 
@@ -98,18 +109,8 @@ def csi_window_features(amp: np.ndarray) -> np.ndarray:
 def csi_window_learnability(root: Path, windows: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Cross-subject logistic-regression accuracy of :func:`csi_window_features` over the last ``w`` frames'
     CSI, for each window ``w`` that fits the shortest action (the same frames for every window)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    actions = []
-    for env_dir in sorted(root.glob("E[0-9]*")):
-        subjects = sorted(p.name for p in env_dir.glob("S[0-9]*"))
-        held = set(subjects[-max(1, len(subjects) // 4):])
-        for action_dir in sorted(env_dir.glob("S[0-9]*/A[0-9]*")):
-            amps = [scipy.io.loadmat(f)["CSIamp"] for f in sorted((action_dir / "wifi-csi").glob("frame*.mat"))
-                    if f.stat().st_size]
-            actions.append((amps, int(action_dir.name[1:]) - 1, action_dir.parent.name in held))
+    actions = [([scipy.io.loadmat(f)["CSIamp"] for f in sorted((d / "wifi-csi").glob("frame*.mat")) if f.stat().st_size],
+                activity, held) for d, activity, held in _actions(root)]
     fits = [w for w in windows if w <= min((len(a) for a, _, _ in actions), default=0)]
     out: dict[str, float] = {}
     for w in fits:  # frames from the largest window's first on, so every window is scored on the same frames
@@ -118,8 +119,7 @@ def csi_window_learnability(root: Path, windows: tuple[int, ...] = (1, 5, 10)) -
         x, y, test = (np.asarray(v) for v in zip(*rows))
         if test.all() or not test.any():
             return {}
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(x[~test], y[~test])
-        out[str(w)] = float((clf.predict(x[test]) == y[test]).mean())
+        out[str(w)] = _held_out_accuracy(x, y, test, 3000)
     return out
 
 
