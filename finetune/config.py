@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from finetune.backbone import BackboneConfig
 from finetune.model import ModelConfig
@@ -22,6 +22,8 @@ class FinetuneConfig:
     batch_size: int = 16
     lr: float = 3e-4
     head_lr_scale: float = 1.0         # lr multiplier of the task-specific modules (gating, task attention, heads)
+    head_init: str = "probe"           # probe: heads fitted by a linear probe before the first step (LP-FT) | none
+    head_init_samples: int = 1024      # training samples the probe reads (the whole batch over all ranks)
     weight_decay: float = 0.01
     warmup_steps: int = 10
     image_size: int = 64
@@ -39,10 +41,13 @@ class FinetuneConfig:
     bf16: str = "auto"                 # auto: bf16 on GPU (DeepSpeed engine), fp32 on CPU; on / off
     progress: bool = True
 
+    # runs written before the probe initialisation existed trained their heads from random weights
+    LEGACY: ClassVar[dict[str, Any]] = {"head_init": "none"}
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(epochs=1, steps_per_epoch=4, batch_size=8, image_size=32, max_points=64, workers=0,
-                  val_max_samples=64, shuffle_buffer=32, warmup_steps=1,
+                  val_max_samples=64, shuffle_buffer=32, warmup_steps=1, head_init_samples=32,
                   model=dict(backbone=dict(layers=2), binding=dict(d=64, embed_dim=64, n_tokens=4))),
     "demo": dict(epochs=3, steps_per_epoch=50, batch_size=16, image_size=48, max_points=128, workers=1,
                  val_max_samples=800, lr=5e-4, model=dict(backbone=dict(layers=4))),

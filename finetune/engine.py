@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -51,10 +51,13 @@ class PlainEngine:
     """One process: torch AdamW, clip, LambdaLR."""
 
     rank, world_size = 0, 1
+    reduce = None  # one process: nothing to sum over ranks
 
-    def __init__(self, model: torch.nn.Module, cfg):
+    def __init__(self, model: torch.nn.Module, cfg, prepare: Callable[[Any], None] | None = None):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.module = model.to(self.device)
+        if prepare is not None:
+            prepare(self)
         groups = param_groups(model, cfg)
         self.params = [p for g in groups for p in g["params"]]
         adam = adam_settings(cfg)
@@ -93,7 +96,7 @@ class DeepSpeedEngine:
     over the ranks (``MMSenseModel.forward(reduce=...)``), and every trainable weight takes part in each rank's
     backward pass, so a task missing from one rank's micro-batch cannot desynchronise the gradient reduction."""
 
-    def __init__(self, model: torch.nn.Module, cfg):
+    def __init__(self, model: torch.nn.Module, cfg, prepare: Callable[[Any], None] | None = None):
         import deepspeed
 
         from pretrain.distributed import init_distributed
@@ -101,6 +104,10 @@ class DeepSpeedEngine:
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         conf = ds_config(cfg, info.world_size, info.device.type == "cuda")
         self.bf16 = bool(conf["torch_autocast"]["enabled"])
+        self.module = model.to(self.device)
+        self.reduce = self._sum  # sums a tensor over the ranks (MMSenseModel.forward's ``reduce``)
+        if prepare is not None:  # before ZeRO copies the weights into its optimizer partitions
+            prepare(self)
         groups = param_groups(model, cfg)
         self.params = [p for g in groups for p in g["params"]]
         self.engine, _, _, _ = deepspeed.initialize(
@@ -144,5 +151,10 @@ class DeepSpeedEngine:
         torch.distributed.barrier()
 
 
-def make_engine(model: torch.nn.Module, cfg) -> PlainEngine | DeepSpeedEngine:
-    return DeepSpeedEngine(model, cfg) if wants_deepspeed(cfg.engine) else PlainEngine(model, cfg)
+def make_engine(model: torch.nn.Module, cfg, prepare: Callable[[Any], None] | None = None
+                ) -> PlainEngine | DeepSpeedEngine:
+    """The engine ``cfg.engine`` asks for. ``prepare(engine)`` runs once the model is on its device (and the
+    process group is up) but before the optimizer exists: weights it changes are the ones training starts
+    from (ZeRO's optimizer keeps its own fp32 copy of every weight from then on)."""
+    kind = DeepSpeedEngine if wants_deepspeed(cfg.engine) else PlainEngine
+    return kind(model, cfg, prepare)

@@ -21,6 +21,9 @@ TOP_HELP = {
     "lr": "peak learning rate (AdamW)",
     "head_lr_scale": "learning-rate multiplier of the task-specific modules (gating, task attention, heads), which "
                      "start from scratch while the encoders and the backbone start trained",
+    "head_init": "probe: before the first step, fit each task head by a linear probe on its inputs over "
+                 "--head-init-samples training samples (LP-FT); none: heads start at random",
+    "head_init_samples": "training samples the head-initialising probe reads",
     "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
     "image_size": "camera frames resized to this square size", "max_points": "points kept per cloud",
     "workers": "DataLoader workers", "shuffle_buffer": "samples in the shuffle buffer", "seed": "random seed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,23 +167,47 @@ def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
     return model.eval(), cfg
 
 
+def probe_heads(engine, cfg: FinetuneConfig, roots: list[Path]) -> dict[str, float]:
+    """Fit the task heads by a linear probe on ``cfg.head_init_samples`` training samples read in their own
+    seeded order (LP-FT, :mod:`finetune.headinit`); with ``--fraction`` only the kept labels count."""
+    from finetune.headinit import init_heads_by_probe
+    micro = cfg.batch_size // engine.world_size
+    n = max(1, -(-cfg.head_init_samples // cfg.batch_size))  # batches per rank
+    stream = replace(stream_config(cfg, micro, -1, True, cfg.model.binding.modalities),
+                     epoch_samples=(n + 2) * micro * max(1, cfg.workers))
+    batches = []
+    for i, batch in enumerate(make_loader(split_dirs(roots, "train"), stream)):
+        if i >= n:
+            break
+        batches.append(to_device(keep_fraction(batch, cfg.fraction), engine.device))
+    t0 = time.perf_counter()
+    with engine.autocast():
+        info = init_heads_by_probe(engine.module, batches, engine.reduce, engine.world_size, engine.device)
+    return {**info, "head_init/seconds": time.perf_counter() - t0}
+
+
 def train(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run stage two (plain loop or DeepSpeed, see finetune/engine.py); returns the last validation metrics."""
     from finetune.engine import make_engine
     configure_tool_caches()
+    if cfg.head_init not in ("probe", "none"):
+        raise ValueError(f"head_init {cfg.head_init!r}: choose probe or none")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     roots = resolve_data(cfg.data)
     if cfg.encoders:  # the encoders must be the ones stage one trained
         binding, _ = stage_one_binding(cfg.encoders)
         cfg.model.binding = binding
-    engine = make_engine(build_model(cfg), cfg)
-    model, rank = engine.module, engine.rank
     out = Path(cfg.out)
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
-    train_labels: dict[str, list] = {}
     if not cfg.resume and latest(out / "checkpoints") is not None:
         raise FileExistsError(f"{out} already holds a run; pass --resume latest or choose another --out")
+    probed: dict[str, float] = {}  # a resumed run has its heads in the checkpoint
+    prepare = (lambda eng: probed.update(probe_heads(eng, cfg, roots))) if (
+        not cfg.resume and cfg.head_init == "probe") else None
+    engine = make_engine(build_model(cfg), cfg, prepare)
+    model, rank = engine.module, engine.rank
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    train_labels: dict[str, list] = {}
     if cfg.resume:
         path = latest(out / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
         if path is None:
@@ -203,6 +227,8 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"))
     log_path = out / "metrics.jsonl"
+    if probed and rank == 0:
+        log_record(log_path, writer, {"step": 0, **probed})
     metrics: dict[str, Any] = {}
     ckpt = None
     bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, initial=state["step"], desc="stage two", unit="step",

@@ -1,0 +1,251 @@
+"""Task heads initialised by a linear probe before fine-tuning (LP-FT: Kumar et al., "Fine-Tuning can Distort
+Pretrained Features and Underperform Out-of-Distribution", ICLR 2022).
+
+Stage two starts from trained encoders and a trained backbone, but every head (the inputs of Eq. 14) starts
+at random, and with a random head the first steps' gradients mostly move the features towards whatever the
+head happens to read. So before the first step, the model reads ``batches`` training batches (no
+gradients), and each task's head (``LayerNorm -> Linear``) gets the linear map fitted to its inputs, in
+float64 on the CPU:
+
+- ``ce`` tasks (beam, HAR): multinomial logistic regression (L-BFGS) with an L2 penalty on weights and
+  biases (the bias is penalised too, so a class the probe rows lack keeps a finite logit that fine-tuning
+  can still raise);
+- ``bce`` (blockage): logistic regression weighting the positives as the loss does (negatives / positives
+  among the probe rows);
+- ``mse`` (pose): ridge regression on the normalised pose parts the loss compares.
+
+Each penalty is chosen by a 5-fold cross-validation that holds out whole sequences, on the held-out loss:
+with more features (the backbone's width) than probe rows the rows are separable, and a weakly penalised
+fit (scikit-learn's C = 1) starts fine-tuning over-confident (on the demo: HAR losses of 4.3 and 4.7 at
+steps 10 and 20, beam 5.4 at step 20, above the ln 27 = 3.3 and ln 64 = 4.2 of a uniform guess).
+
+The probe reads the LayerNorm's output standardised per channel over the probe rows, and that scaling is
+folded into the Linear weights, so the model's layout does not change. Rows come from every rank (padded
+``all_gather``) in rank order, and every rank fits the same heads from them. The first probe batch is read
+in training mode, so it is the batch that fixes the feature standardisation and label statistics (as the first
+training batch otherwise does); the probe rows are read in evaluation mode (no modality dropout)."""
+from __future__ import annotations
+
+import zlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from finetune.model import MMSenseModel, pose_parts
+from finetune.significance import sequence_of
+
+
+def _gather_rows(x: torch.Tensor, world: int, device: torch.device) -> torch.Tensor:
+    """``x`` (n, ...) of every rank, concatenated in rank order on the CPU (ranks may hold different n);
+    the collectives run on ``device`` (NCCL needs CUDA tensors)."""
+    if world == 1:
+        return x
+    n = torch.tensor([len(x)], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    torch.distributed.all_gather(sizes, n)
+    most = int(max(int(s) for s in sizes))
+    padded = torch.zeros((most, *x.shape[1:]), dtype=x.dtype, device=device)
+    padded[:len(x)] = x.to(device)
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([p[:int(s)].cpu() for p, s in zip(parts, sizes)])
+
+
+def standardise(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel mean and spread of ``z`` (spread floored at a thousandth of its mean) and ``z`` scaled."""
+    mean, std = z.mean(0), z.std(0)
+    std = std.clamp(min=1e-3 * float(std.mean()) + 1e-12)
+    return (z - mean) / std, mean, std
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: float | None, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (``pos_weight`` None: multinomial) or binary cross-entropy weighting the positives."""
+    if pos_weight is None:
+        return F.cross_entropy(logits, y, reduction=reduction)
+    return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype), reduction=reduction,
+                                              pos_weight=torch.tensor(pos_weight, dtype=logits.dtype))
+
+
+def fit_logistic(s: torch.Tensor, y: torch.Tensor, classes: int, pos_weight: float | None = None,
+                 penalty: float | None = None, iters: int = 200,
+                 start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (classes, k) and biases of a logistic regression on ``s``: multinomial for ``classes`` > 1 labels
+    ``y`` (int), binary (one output) with ``pos_weight`` for labels 0/1; mean loss + (penalty / 2) (|W|² + |b|²),
+    ``penalty`` 1 / n by default (scikit-learn's C = 1); L-BFGS from ``start`` (zeros by default)."""
+    n, k = s.shape
+    lam = 1.0 / n if penalty is None else penalty
+    if start is None:
+        start = (torch.zeros(classes, k, dtype=s.dtype), torch.zeros(classes, dtype=s.dtype))
+    w0, b0 = start
+    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, tolerance_grad=1e-7, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = _loss(s @ w.T + b, y, pos_weight) + 0.5 * lam * (w.pow(2).sum() + b.pow(2).sum())
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+RIDGE_ALPHAS = tuple(10.0 ** (e / 2) for e in range(9))  # 1 ... 10^4
+LOGISTIC_PENALTIES = tuple(10.0 ** (1.5 - e / 2) for e in range(10))  # 31.6 ... 10^-3, strongest first
+FOLDS = 5
+
+
+def group_folds(groups: torch.Tensor, folds: int = FOLDS) -> list[torch.Tensor]:
+    """Held-out row masks of a ``folds``-fold cross-validation that keeps each group (a sequence id per row)
+    whole, groups dealt to folds in a seeded random order; none with fewer than 2 groups. Frames of one
+    sequence are near-duplicates, so a split by frames would reward the weakest penalty."""
+    ids = torch.unique(groups)
+    if len(ids) < 2:
+        return []
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
+    fold_of = {int(g): i % folds for i, g in enumerate(ids[order])}
+    fold = torch.tensor([fold_of[int(g)] for g in groups])
+    return [fold == f for f in range(min(folds, len(ids)))]
+
+
+def ridge_path(s: torch.Tensor, y: torch.Tensor, alphas: tuple[float, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Ridge regressions of ``y`` (n, m) on ``s`` (n, k), one per alpha (from one eigendecomposition):
+    weights (m, k) and biases, with ``s`` and ``y`` centred over the rows."""
+    sm, ym = s.mean(0), y.mean(0)
+    sc = s - sm
+    lam, vec = torch.linalg.eigh(sc.T @ sc)
+    proj = vec.T @ (sc.T @ (y - ym))
+    out = []
+    for a in alphas:
+        w = (vec @ (proj / (lam.clamp(min=0) + a)[:, None])).T
+        out.append((w, ym - w @ sm))
+    return out
+
+
+def choose_alpha(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, alphas: tuple[float, ...] = RIDGE_ALPHAS,
+                 folds: int = FOLDS) -> float:
+    """The ridge alpha of lowest squared error on held-out groups (:func:`group_folds`); the middle of
+    ``alphas`` with fewer than 2 groups."""
+    masks = group_folds(groups, folds)
+    if not masks:
+        return alphas[len(alphas) // 2]
+    err = torch.zeros(len(alphas), dtype=s.dtype)
+    for held in masks:
+        for i, (w, b) in enumerate(ridge_path(s[~held], y[~held], alphas)):
+            err[i] += (s[held] @ w.T + b - y[held]).pow(2).sum()
+    return alphas[int(err.argmin())]
+
+
+def choose_penalty(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, classes: int,
+                   pos_weight: float | None = None, penalties: tuple[float, ...] = LOGISTIC_PENALTIES,
+                   folds: int = FOLDS) -> float:
+    """The logistic penalty (strongest first in ``penalties``) of lowest cross-entropy on held-out groups
+    (:func:`group_folds`; each fold's fits warm-started along the path). The held-out loss, not the accuracy:
+    the head starts fine-tuning from this fit, and an over-confident one starts it with large, wrong
+    gradients. The middle of ``penalties`` with fewer than 2 groups."""
+    masks = group_folds(groups, folds)
+    if not masks:
+        return penalties[len(penalties) // 2]
+    err = torch.zeros(len(penalties), dtype=s.dtype)
+    for held in masks:
+        start = None
+        for i, lam in enumerate(penalties):
+            start = fit_logistic(s[~held], y[~held], classes, pos_weight, lam, start=start)
+            with torch.no_grad():
+                err[i] += _loss(s[held] @ start[0].T + start[1], y[held], pos_weight, reduction="sum")
+    return penalties[int(err.argmin())]
+
+
+def fit_ridge(s: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression of ``y`` (n, m) on ``s`` (n, k): weights (m, k) and biases."""
+    return ridge_path(s, y, (alpha,))[0]
+
+
+@torch.no_grad()
+def set_linear(head: torch.nn.Sequential, w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
+               std: torch.Tensor) -> None:
+    """Load ``w``, ``b`` fitted on (LayerNorm output - mean) / std into the head's Linear."""
+    linear = head[1]
+    w_in = w / std
+    linear.weight.copy_(w_in.to(linear.weight))
+    linear.bias.copy_((b - w_in @ mean).to(linear.bias))
+
+
+def positive_weight(y: torch.Tensor) -> float:
+    """negatives / positives of 0/1 labels ``y``, within the bounds of :meth:`MMSenseModel.pos_weight`: the
+    weight the blockage loss gives its positives once it has counted labels like these (the model's running
+    count holds only the first batch's when the probe runs)."""
+    pos = float(y.sum())
+    return min(max((len(y) - pos) / pos, 1.0), 20.0)
+
+
+def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tensor,
+             groups: torch.Tensor) -> dict[str, float]:
+    """Fit ``task``'s head to head inputs ``x``, labels and sequence ids ``groups`` (rows); returns the
+    penalty (logistic) or alpha (ridge) chosen, or ``skipped`` = 1 when the rows cannot be fitted."""
+    kind = model.specs[task].kind
+    if len(x) < 2:
+        return {"skipped": 1.0}
+    head = model.heads[task]
+    norm = head[0]
+    with torch.no_grad():  # the head's LayerNorm, as it stands
+        z = F.layer_norm(x.double(), norm.normalized_shape, norm.weight.double().cpu(), norm.bias.double().cpu(),
+                         norm.eps)
+    s, mean, std = standardise(z)
+    if kind in ("ce", "bce"):
+        y = label.long() if kind == "ce" else label.double()
+        if (len(torch.unique(y)) < 2) if kind == "ce" else not 0 < float(y.sum()) < len(y):
+            return {"skipped": 1.0}  # one class only
+        classes, pw = (model.specs[task].outputs, None) if kind == "ce" else (1, positive_weight(y))
+        lam = choose_penalty(s, y, groups, classes, pw)
+        w, b = fit_logistic(s, y, classes, pw, lam)
+        info = {"penalty": lam}
+    else:  # the pose parts in units of their spread around their mean, as the loss compares them
+        goal = (pose_parts(label.double()) - model.hpe_mean.double().cpu()) / model.pose_scale().double().cpu()
+        alpha = choose_alpha(s, goal, groups)
+        w, b = fit_ridge(s, goal, alpha)
+        info = {"alpha": alpha}
+    set_linear(head, w, b, mean, std)
+    return info
+
+
+def init_heads_by_probe(model: MMSenseModel, batches: list[dict], reduce: Callable | None = None,
+                        world: int = 1, device: torch.device | None = None) -> dict[str, float]:
+    """Fit every task head to the model's head inputs on ``batches`` (already on the model's device; each rank
+    its own). ``reduce`` sums over ranks (the training-mode pass of the first batch needs it, as a training
+    step does). Returns rows per task (``head_init/<task>/rows``), the penalty or alpha chosen, and skipped
+    tasks (``.../skipped`` = 1)."""
+    was_training = model.training
+    inputs: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
+    hooks = [model.heads[t].register_forward_pre_hook(
+        lambda _m, args, t=t: inputs[t].append(args[0].detach().float().cpu())) for t in model.cfg.tasks]
+    labels: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
+    groups: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
+    try:
+        with torch.no_grad():
+            if batches:
+                model.train()
+                model(batches[0], reduce=reduce)  # fixes the feature and label statistics, like a first step
+                for t in inputs:
+                    inputs[t].clear()
+            model.eval()
+            for batch in batches:
+                _, results = model(batch)
+                seq = torch.tensor([zlib.crc32(sequence_of(k).encode()) for k in batch["key"]], dtype=torch.long)
+                for t, r in results.items():
+                    labels[t].append(r["label"].detach().float().cpu())
+                    groups[t].append(seq[r["rows"].cpu()])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    out: dict[str, float] = {}
+    for t in model.cfg.tasks:
+        x = torch.cat(inputs[t]) if inputs[t] else torch.zeros(0, model.hidden)
+        y = torch.cat(labels[t]) if labels[t] else torch.zeros((0, 51) if model.specs[t].kind == "mse" else 0)
+        g = torch.cat(groups[t]) if groups[t] else torch.zeros(0, dtype=torch.long)
+        x, y, g = (_gather_rows(v, world, device or torch.device("cpu")) for v in (x, y, g))
+        out[f"head_init/{t}/rows"] = float(len(x))
+        out.update({f"head_init/{t}/{k}": v for k, v in fit_head(model, t, x, y, g).items()})
+    return out
