@@ -20,10 +20,13 @@ def base_config(ckpt: Path) -> FinetuneConfig:
 
 
 def budgeted(base: FinetuneConfig, ev: EvalConfig, out: Path, **overrides: Any) -> FinetuneConfig:
-    """``base`` with the evaluation's budget (the same for every row) and the row's own ``overrides``."""
+    """``base`` with the evaluation's budget (the same for every row) and the row's own ``overrides``. The
+    head-initialising probe reads at most the samples the row trains on."""
     model = overrides.pop("model", {})
     model.setdefault("backbone", {})["layers"] = ev.backbone_layers
+    steps = overrides.get("steps_per_epoch", ev.steps_per_epoch) * ev.epochs
     return merge(base, {"epochs": ev.epochs, "steps_per_epoch": ev.steps_per_epoch, "batch_size": ev.batch_size,
+                        "head_init_samples": min(base.head_init_samples, steps * ev.batch_size),
                         "val_max_samples": ev.max_eval_samples, "seed": ev.seed, "out": str(out),
                         "resume": None, "progress": ev.progress, "stop_after_steps": None,
                         "model": model, **overrides})
