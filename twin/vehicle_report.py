@@ -1,5 +1,5 @@
 """Vehicle twin next to the real DeepSense scenario 5: best beam vs bearing, power dynamic range,
-blockage power drop and blockage rate (text + PNG)."""
+blockage power drop and blockage rate, and how predictable the future-blockage label is (text + PNG)."""
 from __future__ import annotations
 
 import csv
@@ -32,6 +32,35 @@ def twin_stats(root: Path) -> dict[str, Any]:
             out["drop_db"].append(float(t["unblocked_signal_db"]) - float(t["signal_db"]))
             out["scenario"].append(base.name)
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+BLOCKAGE_HORIZON = 3  # frames: the default Δ of the future-blockage label (shards/deepsense.py blockage_horizon)
+
+
+def blockage_series(root: Path) -> list[np.ndarray]:
+    """The per-frame ``blockage`` column of every pass (``seq_index``) of a twin folder, in time order."""
+    series = []
+    for path in sorted(root.glob("scenario*/scenario*.csv")):
+        by_seq: dict[str, list[tuple[int, int]]] = {}
+        for r in _rows(path):
+            by_seq.setdefault(r["seq_index"], []).append((int(float(r["index"])), int(r["blockage"])))
+        series += [np.array([b for _, b in sorted(v)]) for v in by_seq.values()]
+    return series
+
+
+def blockage_predictability(series: list[np.ndarray], horizon: int = BLOCKAGE_HORIZON) -> dict[str, float]:
+    """For the label "blocked ``horizon`` frames after frame t" over every t of every pass that has it: the
+    share of positives, the accuracy of always answering the majority, and of persistence (answering frame
+    t's own state, which a model reading frame t's camera could at best see), and the median length in frames
+    of the blocked runs. When persistence does not beat the majority, no accuracy gain over the majority is
+    to be had from the current state alone: the events are too short for the horizon."""
+    now = np.concatenate([s[:-horizon] for s in series if len(s) > horizon] or [np.zeros(0, int)])
+    later = np.concatenate([s[horizon:] for s in series if len(s) > horizon] or [np.zeros(0, int)])
+    runs = [len(r) for s in series for r in np.split(s, np.flatnonzero(np.diff(s)) + 1) if r[0] == 1]
+    pos = float(later.mean()) if len(later) else float("nan")
+    return {"labels": float(len(later)), "positive_rate": pos, "majority_accuracy": max(pos, 1 - pos),
+            "persistence_accuracy": float((now == later).mean()) if len(later) else float("nan"),
+            "blocked_run_median_frames": float(np.median(runs)) if runs else float("nan")}
 
 
 def real_stats(folder: Path) -> dict[str, np.ndarray] | None:
@@ -77,6 +106,7 @@ def report(root: Path, out: Path, real: Path | None) -> dict[str, Any]:
         "twin_blockage_rate_per_scenario": {s: float(tw["blocked"][tw["scenario"] == s].mean()) for s in np.unique(tw["scenario"])},
         "twin_blocked_drop_db": np.percentile(tw["drop_db"][blocked], [0, 10, 50]).round(2).tolist() if blocked.any() else None,
         "twin_beam_vs_angle_corr": corr,
+        "twin_future_blockage": blockage_predictability(blockage_series(root)),
     }
     lines = [f"vehicle twin {root}: {result['twin_samples']} samples",
              f"best beam vs LoS angle (unblocked, inside the +-42 deg codebook): correlation {corr:.3f}",
@@ -85,6 +115,11 @@ def report(root: Path, out: Path, real: Path | None) -> dict[str, Any]:
     if blocked.any():
         lines.append("signal drop of blocked samples vs the same position without traffic: min {:.1f}, p10 {:.1f}, "
                      "median {:.1f} dB".format(*result["twin_blocked_drop_db"]))
+    fb = result["twin_future_blockage"]
+    lines.append(f"blocked {BLOCKAGE_HORIZON} frames ahead (the future-blockage label, {fb['labels']:.0f} frames): "
+                 f"positives {fb['positive_rate']:.3f}; accuracy of the majority {fb['majority_accuracy']:.3f}, "
+                 f"of persistence (the current state) {fb['persistence_accuracy']:.3f}; blocked runs last a median "
+                 f"of {fb['blocked_run_median_frames']:.0f} frames")
     if rl is not None:
         result["real_samples"] = int(len(rl["beam"]))
         result["real_ratio_db"] = np.percentile(rl["ratio_db"], [10, 50, 90]).round(2).tolist()

@@ -1,0 +1,27 @@
+"""The vehicle twin report's reading of its blockage column: passes in time order, and how predictable the
+future-blockage label is (majority, persistence, run lengths) by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twin.vehicle_report import blockage_predictability, blockage_series
+
+
+def test_blockage_series_are_passes_in_time_order(tmp_path):
+    base = tmp_path / "scenario1"
+    base.mkdir()
+    rows = [(3, 1, 1), (1, 1, 0), (2, 1, 1), (5, 2, 0), (4, 2, 1)]  # index, seq_index, blockage; out of order
+    (base / "scenario1.csv").write_text("index,seq_index,blockage\n" + "".join(f"{i},{q},{b}\n" for i, q, b in rows))
+    series = blockage_series(tmp_path)
+    assert [s.tolist() for s in series] == [[0, 1, 1], [1, 0]]
+
+
+def test_blockage_predictability_by_hand():
+    series = [np.array([0, 0, 1, 1, 0, 0, 0, 0]), np.array([1, 1, 1]), np.array([0, 1])]  # the last: too short
+    got = blockage_predictability(series, horizon=2)
+    # labels: s[2:] of the first two passes = [1, 1, 0, 0, 0, 0] + [1]; frame t's state: [0, 0, 1, 1, 0, 0] + [1]
+    assert got["labels"] == 7 and got["positive_rate"] == pytest.approx(3 / 7)
+    assert got["majority_accuracy"] == pytest.approx(4 / 7)
+    assert got["persistence_accuracy"] == pytest.approx(3 / 7)
+    assert got["blocked_run_median_frames"] == pytest.approx(2.0)  # runs of 2, 3 and 1 frames
