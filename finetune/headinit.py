@@ -4,7 +4,7 @@ Pretrained Features and Underperform Out-of-Distribution", ICLR 2022).
 Stage two starts from trained encoders and a trained backbone, but every head (the inputs of Eq. 14) starts
 at random, and with a random head the first steps' gradients mostly move the features towards whatever the
 head happens to read. So before the first step, the model reads ``batches`` training batches (no
-gradients), and each task's head (``LayerNorm -> Linear``) gets the linear map fitted to its inputs, in
+gradients; one at a time, keeping only each head's inputs), and each task's head (``LayerNorm -> Linear``) gets the linear map fitted to its inputs, in
 float64 on the CPU:
 
 - ``ce`` tasks (beam, HAR): multinomial logistic regression (L-BFGS) with an L2 penalty on weights and
@@ -26,8 +26,9 @@ in training mode, so it is the batch that fixes the feature standardisation and 
 training batch otherwise does); the probe rows are read in evaluation mode (no modality dropout)."""
 from __future__ import annotations
 
+import itertools
 import zlib
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -211,10 +212,10 @@ def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tenso
     return info
 
 
-def init_heads_by_probe(model: MMSenseModel, batches: list[dict], reduce: Callable | None = None,
+def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Callable | None = None,
                         world: int = 1, device: torch.device | None = None) -> dict[str, float]:
     """Fit every task head to the model's head inputs on ``batches`` (already on the model's device; each rank
-    its own). ``reduce`` sums over ranks (the training-mode pass of the first batch needs it, as a training
+    its own; any iterable, read once, so a loader's batches need not be held in memory together). ``reduce`` sums over ranks (the training-mode pass of the first batch needs it, as a training
     step does). Returns rows per task (``head_init/<task>/rows``), the penalty or alpha chosen, and skipped
     tasks (``.../skipped`` = 1)."""
     was_training = model.training
@@ -225,13 +226,15 @@ def init_heads_by_probe(model: MMSenseModel, batches: list[dict], reduce: Callab
     groups: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
     try:
         with torch.no_grad():
-            if batches:
+            it = iter(batches)
+            first = next(it, None)
+            if first is not None:
                 model.train()
-                model(batches[0], reduce=reduce)  # fixes the feature and label statistics, like a first step
+                model(first, reduce=reduce)  # fixes the feature and label statistics, like a first step
                 for t in inputs:
                     inputs[t].clear()
             model.eval()
-            for batch in batches:
+            for batch in itertools.chain([] if first is None else [first], it):
                 _, results = model(batch)
                 seq = torch.tensor([zlib.crc32(sequence_of(k).encode()) for k in batch["key"]], dtype=torch.long)
                 for t, r in results.items():

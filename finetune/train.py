@@ -175,14 +175,15 @@ def probe_heads(engine, cfg: FinetuneConfig, roots: list[Path]) -> dict[str, flo
     n = max(1, -(-cfg.head_init_samples // cfg.batch_size))  # batches per rank
     stream = replace(stream_config(cfg, micro, -1, True, cfg.model.binding.modalities),
                      epoch_samples=(n + 2) * micro * max(1, cfg.workers))
-    batches = []
-    for i, batch in enumerate(make_loader(split_dirs(roots, "train"), stream)):
-        if i >= n:
-            break
-        batches.append(to_device(keep_fraction(batch, cfg.fraction), engine.device))
+
+    def batches():  # one at a time: only the heads' inputs are kept
+        for i, batch in enumerate(make_loader(split_dirs(roots, "train"), stream)):
+            if i >= n:
+                break
+            yield to_device(keep_fraction(batch, cfg.fraction), engine.device)
     t0 = time.perf_counter()
     with engine.autocast():
-        info = init_heads_by_probe(engine.module, batches, engine.reduce, engine.world_size, engine.device)
+        info = init_heads_by_probe(engine.module, batches(), engine.reduce, engine.world_size, engine.device)
     return {**info, "head_init/seconds": time.perf_counter() - t0}
 
 

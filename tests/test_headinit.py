@@ -144,6 +144,20 @@ def test_probe_fits_only_the_heads(tiny_backbone, mixed_shards):
     assert info["head_init/har/penalty"] in LOGISTIC_PENALTIES and info["head_init/hpe/alpha"] in RIDGE_ALPHAS
 
 
+def test_probe_reads_a_one_pass_iterator_like_a_list(tiny_backbone, mixed_shards):
+    """The loader's batches are streamed (none kept): a generator, read once, fits the heads a list does."""
+    batches = [_batch(mixed_shards, n=16, offset=16 * i) for i in range(3)]
+    states = []
+    for source in (lambda: batches, lambda: (b for b in batches)):
+        torch.manual_seed(0)
+        model = MMSenseModel(_cfg(tiny_backbone).model)
+        info = init_heads_by_probe(model, source())
+        states.append((model.state_dict(), info))
+    (a, info_a), (b, info_b) = states
+    assert info_a == info_b and info_a["head_init/beam/rows"] > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_run_logs_the_probe_and_resume_does_not_repeat_it(tiny_backbone, mixed_shards, tmp_path):
     out = tmp_path / "ft"
     base = [sys.executable, str(REPO / "finetune/run.py"), "--tasks", "beam", "har", "--preset", "small",
