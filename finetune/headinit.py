@@ -4,8 +4,8 @@ Pretrained Features and Underperform Out-of-Distribution", ICLR 2022).
 Stage two starts from trained encoders and a trained backbone, but every head (the inputs of Eq. 14) starts
 at random, and with a random head the first steps' gradients mostly move the features towards whatever the
 head happens to read. So before the first step, the model reads ``batches`` training batches (no
-gradients; one at a time, keeping only each head's inputs), and each task's head (``LayerNorm -> Linear``) gets the linear map fitted to its inputs, in
-float64 on the CPU:
+gradients; one at a time, keeping only each head's inputs), and each task's head (``LayerNorm -> Linear``)
+gets the linear map fitted to its inputs, in float64 on the CPU:
 
 - ``ce`` tasks (beam, HAR): multinomial logistic regression (L-BFGS) with an L2 penalty on weights and
   biases (the bias is penalised too, so a class the probe rows lack keeps a finite logit that fine-tuning
@@ -215,8 +215,8 @@ def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tenso
 def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Callable | None = None,
                         world: int = 1, device: torch.device | None = None) -> dict[str, float]:
     """Fit every task head to the model's head inputs on ``batches`` (already on the model's device; each rank
-    its own; any iterable, read once, so a loader's batches need not be held in memory together). ``reduce`` sums over ranks (the training-mode pass of the first batch needs it, as a training
-    step does). Returns rows per task (``head_init/<task>/rows``), the penalty or alpha chosen, and skipped
+    its own; any iterable, read once, so a loader's batches need not be held in memory together). ``reduce``
+    sums over ranks (the training-mode pass of the first batch needs it, as a training step does). Returns rows per task (``head_init/<task>/rows``), the penalty or alpha chosen, and skipped
     tasks (``.../skipped`` = 1)."""
     was_training = model.training
     inputs: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
