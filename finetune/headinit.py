@@ -216,8 +216,9 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
                         world: int = 1, device: torch.device | None = None) -> dict[str, float]:
     """Fit every task head to the model's head inputs on ``batches`` (already on the model's device; each rank
     its own; any iterable, read once, so a loader's batches need not be held in memory together). ``reduce``
-    sums over ranks (the training-mode pass of the first batch needs it, as a training step does). Returns rows per task (``head_init/<task>/rows``), the penalty or alpha chosen, and skipped
-    tasks (``.../skipped`` = 1)."""
+    sums over ranks (the training-mode pass of the first batch needs it, as a training step does). Returns
+    rows per task (``head_init/<task>/rows``), the penalty or alpha chosen, and skipped tasks
+    (``.../skipped`` = 1)."""
     was_training = model.training
     inputs: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
     hooks = [model.heads[t].register_forward_pre_hook(
