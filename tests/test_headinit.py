@@ -145,7 +145,7 @@ def test_probe_fits_only_the_heads(tiny_backbone, mixed_shards):
 
 
 def test_probe_reads_a_one_pass_iterator_like_a_list(tiny_backbone, mixed_shards):
-    """The loader's batches are streamed (none kept): a generator, read once, fits the heads a list does."""
+    """``probe_heads`` hands the probe a generator over the loader: read once, it fits the heads a list does."""
     batches = [_batch(mixed_shards, n=16, offset=16 * i) for i in range(3)]
     states = []
     for source in (lambda: batches, lambda: (b for b in batches)):
