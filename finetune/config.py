@@ -23,7 +23,7 @@ class FinetuneConfig:
     lr: float = 3e-4
     head_lr_scale: float = 1.0         # lr multiplier of the task-specific modules (gating, task attention, heads)
     head_init: str = "probe"           # probe: heads fitted by a linear probe before the first step (LP-FT) | none
-    head_init_samples: int = 4096      # training samples the probe reads (the whole batch over all ranks)
+    head_init_samples: int = 4096      # most training samples the probe reads, each once (over all ranks)
     weight_decay: float = 0.01
     warmup_steps: int = 10
     image_size: int = 64

@@ -229,6 +229,11 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
         with torch.no_grad():
             it = iter(batches)
             first = next(it, None)
+            if world > 1 and reduce is not None:  # the training-mode pass sums over ranks: all or none take it
+                have = int(reduce(torch.tensor([float(first is not None)], device=device)).item())
+                if 0 < have < world:
+                    raise ValueError(f"head probe: {world - have} of {world} ranks read no training batch (fewer "
+                                     "training samples than ranks?); pass --head-init none")
             if first is not None:
                 model.train()
                 model(first, reduce=reduce)  # fixes the feature and label statistics, like a first step

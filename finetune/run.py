@@ -23,7 +23,7 @@ TOP_HELP = {
                      "start from scratch while the encoders and the backbone start trained",
     "head_init": "probe: before the first step, fit each task head by a linear probe on its inputs over "
                  "--head-init-samples training samples (LP-FT); none: heads start at random",
-    "head_init_samples": "training samples the head-initialising probe reads",
+    "head_init_samples": "most training samples the head-initialising probe reads (each at most once)",
     "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
     "image_size": "camera frames resized to this square size", "max_points": "points kept per cloud",
     "workers": "DataLoader workers", "shuffle_buffer": "samples in the shuffle buffer", "seed": "random seed",

@@ -23,7 +23,7 @@ from finetune.significance import compare_to_baselines
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
 from pretrain.train import log_record, stream_config, to_device
-from shards.stream import make_loader
+from shards.stream import make_loader, one_pass_batches
 
 
 def keep_fraction(batch: dict, fraction: float) -> dict:
@@ -168,18 +168,17 @@ def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
 
 
 def probe_heads(engine, cfg: FinetuneConfig, roots: list[Path]) -> dict[str, float]:
-    """Fit the task heads by a linear probe on ``cfg.head_init_samples`` training samples read in their own
-    seeded order (LP-FT, :mod:`finetune.headinit`); with ``--fraction`` only the kept labels count."""
+    """Fit the task heads by a linear probe (LP-FT, :mod:`finetune.headinit`) on at most
+    ``cfg.head_init_samples`` training samples, each read once (:func:`shards.stream.one_pass_batches`:
+    a training split smaller than its share is read whole), shuffled in their own seeded order; with
+    ``--fraction`` only the kept labels count."""
     from finetune.headinit import init_heads_by_probe
     micro = cfg.batch_size // engine.world_size
-    n = max(1, -(-cfg.head_init_samples // cfg.batch_size))  # batches per rank
-    stream = replace(stream_config(cfg, micro, -1, True, cfg.model.binding.modalities),
-                     epoch_samples=(n + 2) * micro * max(1, cfg.workers))
+    stream = replace(stream_config(cfg, micro, -1, True, cfg.model.binding.modalities), resampled=False)
 
     def batches():  # one at a time: only the heads' inputs are kept
-        for i, batch in enumerate(make_loader(split_dirs(roots, "train"), stream)):
-            if i >= n:
-                break
+        for batch in one_pass_batches(split_dirs(roots, "train"), stream, cfg.head_init_samples, engine.rank,
+                                      engine.world_size):
             yield to_device(keep_fraction(batch, cfg.fraction), engine.device)
     t0 = time.perf_counter()
     with engine.autocast():

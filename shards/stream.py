@@ -7,12 +7,14 @@ truncated or corrupt shard is skipped with a warning and counted, and the stream
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import random
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -206,7 +208,6 @@ class _Mix(torch.utils.data.IterableDataset):
         self.streams, self.probs, self.seed = streams, probs, seed
 
     def __iter__(self):
-        import random
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         rng = random.Random(self.seed * 7919 + rank * 1000 + worker)
         its = [iter(s) for s in self.streams]
@@ -232,15 +233,57 @@ def make_dataset(groups: Sequence[Sequence[str]], cfg: StreamConfig, counter: Sk
         urls = [u for g in groups for u in g]
         stages = [wds.SimpleShardList(urls)] + ([wds.split_by_node] if cfg.split_nodes else []) + \
             [wds.split_by_worker, tar_samples(handler=handler), decode]
-    if cfg.shuffle_buffer > 0:
-        stages.append(wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), seed=cfg.seed))
-    stages.append(wds.batched(cfg.batch_size, collation_fn=lambda s: collate(s, cfg.max_points, cfg.always,
-                                                                             cfg.image_size),
-                              partial=not cfg.drop_last))
-    pipeline = wds.DataPipeline(*stages)
+    pipeline = wds.DataPipeline(*stages, *_shuffle_and_batch(cfg))
     if cfg.resampled and cfg.epoch_samples:
         pipeline = pipeline.with_epoch(max(1, cfg.epoch_samples // (cfg.batch_size * max(1, cfg.num_workers))))
     return pipeline
+
+
+def _shuffle_and_batch(cfg: StreamConfig) -> list[Any]:
+    """The last stages of a stream: the shuffle buffer (when ``cfg.shuffle_buffer`` > 0), then batches."""
+    shuffle = [wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), seed=cfg.seed)
+               ] if cfg.shuffle_buffer > 0 else []
+    return shuffle + [wds.batched(cfg.batch_size, partial=not cfg.drop_last,
+                                  collation_fn=lambda s: collate(s, cfg.max_points, cfg.always, cfg.image_size))]
+
+
+def interleave_once(groups: Sequence[Sequence[str]], seed: int,
+                    handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
+    """The raw samples of every group of shard URLs, each read once, one from each group in turn; a group
+    that runs out drops out. Each group's shards are read in an order seeded by ``seed``."""
+    streams = []
+    for g, urls in enumerate(groups):
+        order = list(urls)
+        random.Random(seed * 7919 + g).shuffle(order)
+        streams.append(iter(wds.DataPipeline(wds.SimpleShardList(order), tar_samples(handler=handler))))
+    while streams:
+        for it in list(streams):
+            raw = next(it, None)
+            if raw is None:
+                streams.remove(it)
+            else:
+                yield raw
+
+
+def one_pass_batches(spec: str | Path | Sequence[str | Path], cfg: StreamConfig, limit: int, rank: int = 0,
+                     world: int = 1, counter: SkipCounter | None = None) -> Iterator[dict[str, Any]]:
+    """Batches of at most ``limit`` samples over all ranks, each sample at most once (for a linear probe,
+    where the resampled training stream would read a small dataset several times over and draw a large
+    one's shards with replacement). The datasets of ``spec`` (each folder or file one) are interleaved one
+    sample at a time by :func:`interleave_once`, so a dataset smaller than its share is read whole and the
+    others share the rest, as training's equal mixing shares its steps; sample ``i`` of that stream goes to
+    rank ``i % world`` (every rank reads the tar members, only its own samples are decoded). Then
+    ``cfg``'s shuffle buffer and batches (``cfg.batch_size`` per rank), in this process (no workers)."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} of {world} ranks")
+    handler = counter or SkipCounter()
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    raw = interleave_once([shard_urls(s) for s in specs], cfg.seed, handler)
+    mine = (r for i, r in enumerate(itertools.islice(raw, max(0, limit))) if i % world == rank)
+    stream: Iterator[Any] = wds.map(lambda r: decode_sample(r, cfg.image_size), handler=handler)(mine)
+    for stage in _shuffle_and_batch(cfg):
+        stream = stage(stream)
+    yield from stream
 
 
 def make_loader(spec: str | Path | Sequence[str | Path], cfg: StreamConfig,

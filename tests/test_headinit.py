@@ -190,6 +190,17 @@ def test_probe_reads_no_rows_without_batches(tiny_backbone):
     assert all(info[f"head_init/{t}/skipped"] == 1.0 for t in model.cfg.tasks)
 
 
+def test_probe_refuses_ranks_without_batches(tiny_backbone, mixed_shards):
+    """A rank that read no batch cannot join the first batch's training-mode pass (its sums over ranks):
+    every rank learns how many ranks have a batch and refuses together instead of hanging."""
+    model = MMSenseModel(_cfg(tiny_backbone).model)
+    one_of_two = lambda t: t  # noqa: E731 (this rank's count only: the other rank has no batch)
+    with pytest.raises(ValueError, match="1 of 2 ranks read no training batch"):
+        init_heads_by_probe(model, [_batch(mixed_shards, n=4)], one_of_two, 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="1 of 2 ranks read no training batch"):
+        init_heads_by_probe(model, [], lambda t: t + 1, 2, torch.device("cpu"))
+
+
 def _probe_worker(rank: int, world: int, port: int, root: str, backbone: str, out: str) -> None:
     """Rank ``rank`` of ``world`` probes its share (rank r: samples r, r + 2, ... of two 16-sample batches; one
     rank: all of them) and rank 0 saves the fitted heads."""

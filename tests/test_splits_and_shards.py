@@ -15,7 +15,7 @@ import torch
 from shards.deepsense import DeepSenseReader
 from shards.mmfi import MMFiReader
 from shards.splits import assign_splits
-from shards.stream import SkipCounter, StreamConfig, collate, iter_samples, make_loader
+from shards.stream import SkipCounter, StreamConfig, collate, iter_samples, make_loader, one_pass_batches
 from shards.write import WriteConfig, main, write_dataset
 from tests import builders
 
@@ -209,6 +209,33 @@ def test_ranks_split_the_shards_and_resampled_mode(tmp_path, monkeypatch):
     cfg = StreamConfig(batch_size=4, resampled=True, epoch_samples=40, shuffle_buffer=10, image_size=8)
     batches = list(make_loader(train, cfg))
     assert len(batches) == 10 and all(len(b["key"]) == 4 for b in batches)
+
+
+def test_one_pass_reads_each_sample_once_and_shares_the_limit(tmp_path):
+    """The probe's stream: no sample twice; a dataset smaller than its share is read whole, the other fills
+    the rest of the limit; two ranks read disjoint halves of what one rank reads."""
+    _write_mmfi(tmp_path / "h", frames=4)
+    write_dataset(WriteConfig("deepsense", builders.deepsense_full(tmp_path / "v_raw", seqs=2, frames=4),
+                              tmp_path / "v", split="random", fractions=(1.0, 0.0, 0.0), shard_size=3,
+                              progress=False))
+    dirs = [tmp_path / "v/train", tmp_path / "h/shards/train"]
+    small, big = (json.loads((d / "sizes.json").read_text())["samples"] for d in dirs)
+    assert small < big
+    cfg = StreamConfig(batch_size=4, shuffle_buffer=5, image_size=8, seed=3)
+    keys = lambda limit, rank=0, world=1: [k for b in one_pass_batches(dirs, cfg, limit, rank, world)  # noqa: E731
+                                           for k in b["key"]]
+    whole = keys(10 * big)
+    assert len(whole) == len(set(whole)) == small + big
+    part = keys(small + 3)  # the small one's share is (small + 3) / 2 > small / 2 samples
+    n_small = sum(k.startswith("deepsense") for k in part)
+    assert len(part) == len(set(part)) == small + 3 and n_small == (small + 3) // 2 + (small + 3) % 2
+    more = keys(2 * small + 5)  # above twice the small one: all of it, the rest from the big one
+    assert sum(k.startswith("deepsense") for k in more) == small and len(more) == 2 * small + 5
+    ranks = [keys(2 * small + 5, r, 2) for r in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1]) and sorted(ranks[0] + ranks[1]) == sorted(more)
+    assert keys(small + 3) == part  # seeded: the same order again
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        keys(5, 2, 2)
 
 
 def test_pinned_groups_leave_the_fractions_ratio_to_the_rest(tmp_path):
