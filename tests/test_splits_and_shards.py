@@ -226,7 +226,7 @@ def test_one_pass_reads_each_sample_once_and_shares_the_limit(tmp_path):
                                            for k in b["key"]]
     whole = keys(10 * big)
     assert len(whole) == len(set(whole)) == small + big
-    part = keys(small + 3)  # the small one's share is (small + 3) / 2 > small / 2 samples
+    part = keys(small + 3)  # one from each in turn, the small one first: it gets ceil((small + 3) / 2)
     n_small = sum(k.startswith("deepsense") for k in part)
     assert len(part) == len(set(part)) == small + 3 and n_small == (small + 3) // 2 + (small + 3) % 2
     more = keys(2 * small + 5)  # above twice the small one: all of it, the rest from the big one
