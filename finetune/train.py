@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ def probe_heads(engine, cfg: FinetuneConfig, roots: list[Path]) -> dict[str, flo
     ``--fraction`` only the kept labels count."""
     from finetune.headinit import init_heads_by_probe
     micro = cfg.batch_size // engine.world_size
-    stream = replace(stream_config(cfg, micro, -1, True, cfg.model.binding.modalities), resampled=False)
+    stream = stream_config(cfg, micro, -1, True, cfg.model.binding.modalities)  # its shuffle buffer and seed
 
     def batches():  # one at a time: only the heads' inputs are kept
         for batch in one_pass_batches(split_dirs(roots, "train"), stream, cfg.head_init_samples, engine.rank,

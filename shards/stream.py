@@ -239,6 +239,11 @@ def make_dataset(groups: Sequence[Sequence[str]], cfg: StreamConfig, counter: Sk
     return pipeline
 
 
+def dataset_urls(spec: str | Path | Sequence[str | Path]) -> list[list[str]]:
+    """The shard URLs of each dataset of ``spec``: each folder, file or pattern (or list item) one dataset."""
+    return [shard_urls(s) for s in (list(spec) if isinstance(spec, (list, tuple)) else [spec])]
+
+
 def _shuffle_and_batch(cfg: StreamConfig) -> list[Any]:
     """The last stages of a stream: the shuffle buffer (when ``cfg.shuffle_buffer`` > 0), then batches."""
     shuffle = [wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), seed=cfg.seed)
@@ -277,8 +282,7 @@ def one_pass_batches(spec: str | Path | Sequence[str | Path], cfg: StreamConfig,
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank {rank} of {world} ranks")
     handler = counter or SkipCounter()
-    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    raw = interleave_once([shard_urls(s) for s in specs], cfg.seed, handler)
+    raw = interleave_once(dataset_urls(spec), cfg.seed, handler)
     mine = (r for i, r in enumerate(itertools.islice(raw, max(0, limit))) if i % world == rank)
     stream: Iterator[Any] = wds.map(lambda r: decode_sample(r, cfg.image_size), handler=handler)(mine)
     for stage in _shuffle_and_batch(cfg):
@@ -290,8 +294,7 @@ def make_loader(spec: str | Path | Sequence[str | Path], cfg: StreamConfig,
                 counter: SkipCounter | None = None) -> DataLoader:
     """A DataLoader over shard folders/files (each folder or file one dataset); batching happens in the
     workers."""
-    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    dataset = make_dataset([shard_urls(s) for s in specs], cfg, counter)
+    dataset = make_dataset(dataset_urls(spec), cfg, counter)
     # batches are already collated in the workers: no default_convert pass over every nested meta value
     return DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, collate_fn=_as_is,
                       persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
