@@ -20,8 +20,9 @@ def twin_shards(kind: str, shard_size: int = 200) -> Path:
     raw = twin_cache.default_vehicles() if kind == "vehicles" else twin_cache.default_humans()
     spec = TWIN_SPLITS[kind]
     # "splits-2": pinned groups no longer shrink val (shards/splits.py free_targets); "past-wifi": human frames
-    # carry their previous frames' CSI (past_wifi.npy). Older caches are rebuilt.
-    tag = "shuffled;splits-2" + (";past-wifi" if kind == "humans" else "")
+    # carry their previous frames' CSI (past_wifi.npy); "blockage-within": the future-blockage label is a
+    # blockage in any of the next frames (airbind/blockage.py). Older caches are rebuilt.
+    tag = "shuffled;splits-2" + (";past-wifi" if kind == "humans" else ";blockage-within")
     digest = hashlib.sha256(f"{raw.name}{spec}{shard_size}{tag}".encode()).hexdigest()[:10]
     build = lambda tmp: write_dataset(WriteConfig(spec["source"], raw, tmp, split=spec["split"],  # noqa: E731
                                                   fractions=spec["fractions"],

@@ -4,7 +4,8 @@ Layouts (paths in a CSV are relative to the CSV's folder):
 
 1. full index ``scenarioN/scenarioN.csv``: ``index, unit1_rgb, unit1_pwr_60ghz, unit1_loc, unit1_lidar,
    unit1_radar, unit2_loc, unit2_loc_cal, unit1_beam_index, seq_index, time_stamp[UTC], ...``
-   (an optional per-frame ``blockage`` column gives future-blockage labels);
+   (an optional per-frame ``blockage`` column gives future-blockage labels: blocked within the next Δ
+   frames by default, see :mod:`airbind.blockage`);
 2. task CSVs such as ``scenario5_dev_train.csv`` (``index, unit2_loc_1, unit1_pwr_1, beam_index_1``);
 3. blockage series CSVs (``index, unit1_pwr_60ghz_1..T, blockage_final`` or ``blockage_1..K``).
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from shards import fileio
 from shards.errors import DataError
+from airbind.blockage import check_blockage_label, future_blockage
 from airbind.geo import latlon_to_en
 from shards.radar import RadarConfig, cube_to_points
 from shards.records import BadInput, Record, resolve
@@ -41,9 +43,13 @@ class DeepSenseConfig:
     past_steps: int = 8          # T of past_beam.npy (full layout)
     future_steps: int = 5        # length of meta future_beams
     blockage_horizon: int = 3    # Δ in frames for blockage_future (full layout, blockage_final)
+    blockage_label: str = "within"  # blocked in any of frames t+1..t+Δ, or "at" frame t+Δ (airbind.blockage)
     seq_block: int = 100         # task CSVs carry no seq_index: frames are grouped in blocks of this many
     prefer_calibrated_gps: bool = True
     radar: RadarConfig = RadarConfig()
+
+    def __post_init__(self) -> None:
+        check_blockage_label(self.blockage_label, self.blockage_horizon)
 
 
 def _file_number(path: str) -> int | None:
@@ -242,9 +248,11 @@ class DeepSenseReader:
                 }
                 if f["blocked"] is not None:
                     meta["blocked"] = f["blocked"]
-                    if t + cfg.blockage_horizon < len(seq_frames):
-                        meta["blockage_future"] = seq_frames[t + cfg.blockage_horizon]["blocked"]
+                    ahead = [g["blocked"] for g in seq_frames[t + 1: t + 1 + cfg.blockage_horizon]]
+                    if len(ahead) == cfg.blockage_horizon and None not in ahead:
+                        meta["blockage_future"] = future_blockage(ahead, cfg.blockage_label)
                         meta["blockage_horizon"] = cfg.blockage_horizon
+                        meta["blockage_label"] = cfg.blockage_label
                 past = [g["power"] for g in seq_frames[t - cfg.past_steps: t]] if t >= cfg.past_steps else None
                 records.append(Record(
                     key=make_key(self.source, scenario, seq, meta["index"]), source=self.source,
@@ -328,14 +336,15 @@ class DeepSenseReader:
         return load
 
     def _index_blockage(self, csv_path: Path, header: list[str], rows: list[dict[str, str]]) -> list[Record]:
-        """Blockage series: T past power files; label = blockage state K steps after the last input."""
+        """Blockage series: T past power files; ``blockage_final`` is the label as given, and ``blockage_1..K``
+        (the states K steps after the last input) give it by ``blockage_label``: any of them, or the last."""
         base, scenario, cfg = csv_path.parent, self._scenario_name(csv_path), self.cfg
         pwr_cols = sorted((c for c in header if re.fullmatch(r"unit1_pwr_60ghz_\d+", c)), key=lambda c: int(c.rsplit("_", 1)[1]))
         future_cols = sorted((c for c in header if re.fullmatch(r"blockage_\d+", c)), key=lambda c: int(c.rsplit("_", 1)[1]))
         if "blockage_final" in header:
             label_col, horizon = "blockage_final", cfg.blockage_horizon
         elif future_cols:
-            label_col, horizon = future_cols[-1], int(future_cols[-1].rsplit("_", 1)[1])
+            label_col, horizon = None, int(future_cols[-1].rsplit("_", 1)[1])
         else:
             self.bad(DataError(csv_path, "blockage CSV has neither blockage_final nor blockage_1..K columns"))
             return []
@@ -344,17 +353,22 @@ class DeepSenseReader:
             where = f"{csv_path}:{row['__line__']}"
             try:
                 index = int(float(row["index"]))
-                label = int(float(row[label_col]))
-                if label not in (0, 1):
-                    raise DataError(where, f"blockage label must be 0 or 1, got {row[label_col]!r}")
+                cols = [label_col] if label_col else future_cols
+                states = [float(row[c]) for c in cols]
+                wrong = next((c for c, v in zip(cols, states) if v not in (0.0, 1.0)), None)
+                if wrong is not None:
+                    raise DataError(where, f"blockage label {wrong} must be 0 or 1, got {row[wrong]!r}")
+                states = [int(v) for v in states]
+                label = states[0] if label_col else future_blockage(states, cfg.blockage_label)
                 seq = int(float(row["seq_index"])) if row.get("seq_index") else index // cfg.seq_block
             except (DataError, ValueError, KeyError) as exc:
                 self.bad(exc if isinstance(exc, DataError) else DataError(where, f"bad row ({exc!r})"))
                 continue
-            meta = {"blockage_future": label, "blockage_horizon": horizon, "scenario": scenario,
+            meta = {"blockage_future": label, "blockage_horizon": horizon,
+                    "blockage_label": "given" if label_col else cfg.blockage_label, "scenario": scenario,
                     "seq": seq, "index": index, "time": None}
-            if future_cols:
-                meta["blockage_series"] = [int(float(row[c])) for c in future_cols]
+            if not label_col:
+                meta["blockage_series"] = states
             paths = [resolve(base, row[c]) for c in pwr_cols]
 
             def load(paths=paths, meta=meta, where=where) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from airbind.blockage import BLOCKAGE_LABELS
 from shards.deepsense import DeepSenseConfig, DeepSenseReader
 from shards.errors import DataError
 from shards.mmfi import MMFiConfig, MMFiReader
@@ -35,13 +36,16 @@ class WriteConfig:
     skip_bad: bool = False
     progress: bool = True
     past_wifi_frames: int = MMFiConfig.past_wifi_frames  # MM-Fi: previous frames' CSI stored with each frame
+    blockage_horizon: int = DeepSenseConfig.blockage_horizon  # DeepSense: Δ frames of the future-blockage label
+    blockage_label: str = DeepSenseConfig.blockage_label      # blocked "within" t+1..t+Δ, or "at" t+Δ
 
 
 def write_dataset(cfg: WriteConfig) -> dict[str, Any]:
     """Index the dataset, split it, write every split, and write ``report.json`` beside the splits."""
     bad = BadInput(cfg.skip_bad)
     if cfg.source == "deepsense":
-        reader: DeepSenseReader | MMFiReader = DeepSenseReader(DeepSenseConfig(), bad)
+        ds_cfg = DeepSenseConfig(blockage_horizon=cfg.blockage_horizon, blockage_label=cfg.blockage_label)
+        reader: DeepSenseReader | MMFiReader = DeepSenseReader(ds_cfg, bad)
     elif cfg.source == "mmfi":
         reader = MMFiReader(MMFiConfig(past_wifi_frames=cfg.past_wifi_frames), bad)
     else:
@@ -104,16 +108,22 @@ def parse_args(argv: list[str] | None = None) -> WriteConfig:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--past-wifi-frames", type=int, default=MMFiConfig.past_wifi_frames,
                    help="MM-Fi: CSI of up to this many previous frames stored with each frame (past_wifi.npy)")
+    p.add_argument("--blockage-horizon", type=int, default=DeepSenseConfig.blockage_horizon,
+                   help="DeepSense: Δ, the frames ahead of the future-blockage label")
+    p.add_argument("--blockage-label", default=DeepSenseConfig.blockage_label, choices=BLOCKAGE_LABELS,
+                   help="DeepSense: blocked in any of frames t+1..t+Δ (DeepSense's Future-Δ), or at frame t+Δ")
     a = p.parse_args(argv)
     if a.past_wifi_frames < 0:
         p.error("--past-wifi-frames must be >= 0")
+    if a.blockage_horizon < 1:
+        p.error("--blockage-horizon must be >= 1")
     fractions = tuple(float(x) for x in a.fractions.split(","))
     if len(fractions) != 3:
         p.error("--fractions takes three numbers")
     groups = lambda s: [g for g in s.split(",") if g]
     return WriteConfig(a.source, a.root, a.out, a.split, fractions, groups(a.val_groups), groups(a.test_groups),
                        a.seed, a.shard_size, not a.no_shuffle, a.skip_bad,
-                       not a.no_progress, a.past_wifi_frames)
+                       not a.no_progress, a.past_wifi_frames, a.blockage_horizon, a.blockage_label)
 
 
 def main(argv: list[str] | None = None) -> int:

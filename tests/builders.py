@@ -129,7 +129,9 @@ def deepsense_blockage(root: Path, n: int = 10, steps: int = 8, horizon: int = 3
                 num = i * 20 + k
                 write_lines(base / f"unit1/mmWave_data/mmWave_power_{num}.txt", power_vector(k, rng))
                 paths.append(f"./unit1/mmWave_data/mmWave_power_{num}.txt")
-            w.writerow([i, *paths, *[int(i % 2 and k == horizon) for k in range(1, horizon + 1)]])
+            # blocked at the last future step in odd rows, at the first one in every third row
+            w.writerow([i, *paths, *[int((i % 2 and k == horizon) or (i % 3 == 0 and k == 1))
+                                     for k in range(1, horizon + 1)]])
     return base
 
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 
 from shards import fileio
-from shards.deepsense import DeepSenseReader, find_csvs
+from shards.deepsense import DeepSenseConfig, DeepSenseReader, find_csvs
 from shards.errors import DataError
 from airbind.geo import en_to_latlon, latlon_to_en
 from shards.mmfi import MMFiConfig, MMFiReader
@@ -44,10 +44,14 @@ def test_full_layout_reads_every_modality(tmp_path):
     for r in records:
         s = r.load()
         assert s["meta.json"]["beam"] == int(np.argmax(s["beam.npy"]))
-    # past beams only once 8 earlier frames of the same sequence exist; blockage 3 frames ahead
+    # past beams only once 8 earlier frames of the same sequence exist; frames 4-6 blocked: the label is a
+    # blockage within the next 3 frames (t = 1..5), none for the last 3 frames of a sequence
     by_t = [r for r in records if r.seq == "1"]
     assert "past_beam.npy" not in by_t[7].load() and by_t[8].load()["past_beam.npy"].shape == (8, 64)
-    assert [r.meta.get("blockage_future") for r in by_t[:9]] == [0, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert [r.meta.get("blockage_future") for r in by_t] == [0, 1, 1, 1, 1, 1, 0, 0, 0, None, None, None]
+    assert by_t[0].meta["blockage_horizon"] == 3 and by_t[0].meta["blockage_label"] == "within"
+    at = [r for r in DeepSenseReader(DeepSenseConfig(blockage_label="at")).index(tmp_path) if r.seq == "1"]
+    assert [r.meta.get("blockage_future") for r in at[:9]] == [0, 1, 1, 1, 0, 0, 0, 0, 0]
     assert by_t[0].meta["future_beams"] == [r.meta["beam"] for r in by_t[1:6]]
 
 
@@ -68,7 +72,24 @@ def test_blockage_series(tmp_path):
     s = records[0].load()
     assert s["past_beam.npy"].shape == (8, 64) and "beam.npy" not in s
     assert s["meta.json"]["blockage_horizon"] == 3
-    assert [r.meta["blockage_future"] for r in records] == [1, 0, 1, 0, 1, 0]
+    # rows 1, 3, 5 blocked at the last future step, rows 3 and 6 at the first: any of them is the label
+    assert [r.meta["blockage_future"] for r in records] == [1, 0, 1, 0, 1, 1]
+    at = DeepSenseReader(DeepSenseConfig(blockage_label="at")).index(tmp_path)
+    assert [r.meta["blockage_future"] for r in at] == [1, 0, 1, 0, 1, 0]
+
+
+def test_blockage_label_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="blockage label"):
+        DeepSenseConfig(blockage_label="soon")
+    with pytest.raises(ValueError, match="horizon"):
+        DeepSenseConfig(blockage_horizon=0)
+    base = builders.deepsense_blockage(tmp_path, n=2, steps=8, horizon=3)
+    csv_path = base / "scenario17_blockage_train.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",2"
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"scenario17_blockage_train\.csv:2: blockage label blockage_3 must be 0 or 1"):
+        DeepSenseReader().index(tmp_path)
 
 
 def test_bad_deepsense_input_names_the_file(tmp_path):

@@ -19,9 +19,19 @@ def test_blockage_series_are_passes_in_time_order(tmp_path):
 
 def test_blockage_predictability_by_hand():
     series = [np.array([0, 0, 1, 1, 0, 0, 0, 0]), np.array([1, 1, 1]), np.array([0, 1])]  # the last: too short
-    got = blockage_predictability(series, horizon=2)
+    got = blockage_predictability(series, horizon=2, kind="at")
     # labels: s[2:] of the first two passes = [1, 1, 0, 0, 0, 0] + [1]; frame t's state: [0, 0, 1, 1, 0, 0] + [1]
     assert got["labels"] == 7 and got["positive_rate"] == pytest.approx(3 / 7)
     assert got["majority_accuracy"] == pytest.approx(4 / 7)
     assert got["persistence_accuracy"] == pytest.approx(3 / 7)
     assert got["blocked_run_median_frames"] == pytest.approx(2.0)  # runs of 2, 3 and 1 frames
+
+
+def test_blockage_predictability_within_the_horizon_by_hand():
+    series = [np.array([0, 0, 1, 1, 0, 0, 0, 0]), np.array([1, 1, 1]), np.array([0, 1])]
+    got = blockage_predictability(series, horizon=2)
+    # any of frames t+1, t+2 blocked: [1,1,1,0,0,0] for the first pass (t = 0..5), [1] for the second
+    assert got["labels"] == 7 and got["positive_rate"] == pytest.approx(4 / 7)
+    assert got["majority_accuracy"] == pytest.approx(4 / 7)
+    # frame t's state: [0,0,1,1,0,0] + [1] against [1,1,1,0,0,0] + [1]
+    assert got["persistence_accuracy"] == pytest.approx(4 / 7)

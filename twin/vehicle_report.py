@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from airbind.blockage import future_blockage
 from airbind.geo import latlon_to_en
 
 
@@ -35,6 +36,7 @@ def twin_stats(root: Path) -> dict[str, Any]:
 
 
 BLOCKAGE_HORIZON = 3  # frames: the default Δ of the future-blockage label (shards/deepsense.py blockage_horizon)
+BLOCKAGE_LABEL = "within"  # its default kind (shards/deepsense.py blockage_label; airbind/blockage.py)
 
 
 def blockage_series(root: Path) -> list[np.ndarray]:
@@ -48,14 +50,17 @@ def blockage_series(root: Path) -> list[np.ndarray]:
     return series
 
 
-def blockage_predictability(series: list[np.ndarray], horizon: int = BLOCKAGE_HORIZON) -> dict[str, float]:
-    """For the label "blocked ``horizon`` frames after frame t" over every t of every pass that has it: the
-    share of positives, the accuracy of always answering the majority, and of persistence (answering frame
-    t's own state, which a model reading frame t's camera could at best see), and the median length in frames
-    of the blocked runs. When persistence does not beat the majority, no accuracy gain over the majority is
-    to be had from the current state alone: the events are too short for the horizon."""
-    now = np.concatenate([s[:-horizon] for s in series if len(s) > horizon] or [np.zeros(0, int)])
-    later = np.concatenate([s[horizon:] for s in series if len(s) > horizon] or [np.zeros(0, int)])
+def blockage_predictability(series: list[np.ndarray], horizon: int = BLOCKAGE_HORIZON,
+                            kind: str = BLOCKAGE_LABEL) -> dict[str, float]:
+    """For the future-blockage label of frame t (``kind`` "within": blocked in any of frames t+1..t+horizon;
+    "at": blocked at frame t+horizon) over every t of every pass that has it: the share of positives, the
+    accuracy of always answering the majority, and of persistence (answering frame t's own state, which a
+    model reading frame t's camera could at best see), and the median length in frames of the blocked runs.
+    When persistence does not beat the majority, no accuracy gain over the majority is to be had from the
+    current state alone: the events are too short for the horizon."""
+    pairs = [(s[t], future_blockage(s[t + 1: t + 1 + horizon], kind))
+             for s in series for t in range(len(s) - horizon)]
+    now, later = np.array(pairs, int).reshape(-1, 2).T
     runs = [len(r) for s in series for r in np.split(s, np.flatnonzero(np.diff(s)) + 1) if r[0] == 1]
     pos = float(later.mean()) if len(later) else float("nan")
     return {"labels": float(len(later)), "positive_rate": pos, "majority_accuracy": max(pos, 1 - pos),
@@ -107,6 +112,7 @@ def report(root: Path, out: Path, real: Path | None) -> dict[str, Any]:
         "twin_blocked_drop_db": np.percentile(tw["drop_db"][blocked], [0, 10, 50]).round(2).tolist() if blocked.any() else None,
         "twin_beam_vs_angle_corr": corr,
         "twin_future_blockage": blockage_predictability(blockage_series(root)),
+        "twin_future_blockage_at": blockage_predictability(blockage_series(root), kind="at"),
     }
     lines = [f"vehicle twin {root}: {result['twin_samples']} samples",
              f"best beam vs LoS angle (unblocked, inside the +-42 deg codebook): correlation {corr:.3f}",
@@ -116,10 +122,13 @@ def report(root: Path, out: Path, real: Path | None) -> dict[str, Any]:
         lines.append("signal drop of blocked samples vs the same position without traffic: min {:.1f}, p10 {:.1f}, "
                      "median {:.1f} dB".format(*result["twin_blocked_drop_db"]))
     fb = result["twin_future_blockage"]
-    lines.append(f"blocked {BLOCKAGE_HORIZON} frames ahead (the future-blockage label, {fb['labels']:.0f} frames): "
+    lines.append(f"blocked within the next {BLOCKAGE_HORIZON} frames (the future-blockage label, {fb['labels']:.0f} frames): "
                  f"positives {fb['positive_rate']:.3f}; accuracy of the majority {fb['majority_accuracy']:.3f}, "
                  f"of persistence (the current state) {fb['persistence_accuracy']:.3f}; blocked runs last a median "
                  f"of {fb['blocked_run_median_frames']:.0f} frames")
+    fa = result["twin_future_blockage_at"]
+    lines.append(f"blocked at frame t+{BLOCKAGE_HORIZON} alone (--blockage-label at): positives {fa['positive_rate']:.3f}; "
+                 f"majority {fa['majority_accuracy']:.3f}, persistence {fa['persistence_accuracy']:.3f}")
     if rl is not None:
         result["real_samples"] = int(len(rl["beam"]))
         result["real_ratio_db"] = np.percentile(rl["ratio_db"], [10, 50, 90]).round(2).tolist()
