@@ -13,7 +13,7 @@ from finetune.config import from_dict
 from pretrain.config import PretrainConfig
 from pretrain.model import BindingModel
 from pretrain.train import stream_config
-from shards.stream import make_loader
+from shards.stream import capped_batches
 
 
 def load_binding(ckpt: Path, random_init: bool = False, seed: int = 0) -> tuple[BindingModel, PretrainConfig]:
@@ -33,9 +33,8 @@ def embed_split(model: BindingModel, cfg: PretrainConfig, dirs: list[Path], max_
     """Per sample: ``z/<m>`` shared-space embeddings, ``present/<m>``, ``pooled/<m>`` encoder features
     (before the projection), the labels (beam, activity, blockage, keypoints), GPS and the key."""
     out: dict[str, list] = {}
-    n = 0
     mods = cfg.binding.modalities
-    for batch in make_loader(dirs, stream_config(cfg, 64, 0, False, mods)):
+    for batch in capped_batches(dirs, stream_config(cfg, 64, 0, False, mods), max_samples):
         for m in mods:
             if m not in batch:
                 continue
@@ -52,7 +51,4 @@ def embed_split(model: BindingModel, cfg: PretrainConfig, dirs: list[Path], max_
         out.setdefault("gps", []).append(batch["gps"].numpy())
         out.setdefault("beam", []).append(batch["beam"].numpy())
         out.setdefault("key", []).append(np.array(batch["key"]))
-        n += len(batch["key"])
-        if max_samples and n >= max_samples:
-            break
     return {k: np.concatenate(v) for k, v in out.items()}

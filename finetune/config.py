@@ -32,7 +32,7 @@ class FinetuneConfig:
     shuffle_buffer: int = 300
     seed: int = 0
     resume: str | None = None
-    val_max_samples: int = 1000
+    val_max_samples: int = 1000     # per validation dataset (shards.stream.capped_batches)
     log_every: int = 10
     stop_after_steps: int | None = None
     engine: str = "auto"               # auto (DeepSpeed under its launcher, else plain) | plain | deepspeed

@@ -27,7 +27,7 @@ TOP_HELP = {
     "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
     "image_size": "camera frames resized to this square size", "max_points": "points kept per cloud",
     "workers": "DataLoader workers", "shuffle_buffer": "samples in the shuffle buffer", "seed": "random seed",
-    "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples per epoch",
+    "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples per epoch, per dataset",
     "log_every": "steps between log lines", "stop_after_steps": "stop after this many steps (as if interrupted)",
     "fraction": "share of training labels used (0.1 = few-shot fine-tuning on 10 %%)",
     "encoders": "stage-one checkpoint (or run folder) to initialise the encoders; none = from scratch",

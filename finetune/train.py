@@ -23,7 +23,7 @@ from finetune.significance import compare_to_baselines
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
 from pretrain.train import log_record, stream_config, to_device
-from shards.stream import make_loader, one_pass_batches
+from shards.stream import capped_batches, make_loader, one_pass_batches
 
 
 def keep_fraction(batch: dict, fraction: float) -> dict:
@@ -74,8 +74,7 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
     device = next(model.parameters()).device
     got: dict[str, dict[str, list]] = {}
     gates: dict[str, list] = {}
-    n = 0
-    for batch in make_loader(dirs, stream_config(cfg, 32, 0, False, cfg.model.binding.modalities)):
+    for batch in capped_batches(dirs, stream_config(cfg, 32, 0, False, cfg.model.binding.modalities), max_samples):
         _, res = model(to_device(batch, device))
         for t, r in res.items():
             g = got.setdefault(t, {"output": [], "label": [], "key": [], "power": []})
@@ -86,9 +85,6 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
             if t == "beam":
                 g["power"].append(batch["beam"][rows].numpy())
             gates.setdefault(t, []).append(model.last_gates[t].float().cpu().numpy())
-        n += len(batch["key"])
-        if max_samples and n >= max_samples:
-            break
     model.train()
     metrics: dict[str, float] = {}
     arrays: dict[str, dict[str, np.ndarray]] = {}

@@ -27,7 +27,7 @@ class PretrainConfig:
     bf16: str = "auto"              # auto: bf16 on GPU, fp32 on CPU; on / off
     checkpoint_every: int = 0       # steps between checkpoints; 0 = at the end of every epoch
     resume: str | None = None       # "latest" or a checkpoint directory
-    val_max_samples: int = 1500
+    val_max_samples: int = 1500     # per validation dataset (shards.stream.capped_batches)
     log_every: int = 10
     stop_after_steps: int | None = None  # stop early (as if interrupted) after this many steps
     progress: bool = True

@@ -27,7 +27,7 @@ HELP = {
     "seed": "seed of model init and data order", "ds_config": "DeepSpeed JSON config (batch, lr, ZeRO and "
     "bf16 are set from these options)", "zero_stage": "DeepSpeed ZeRO stage", "bf16": "auto | on | off",
     "checkpoint_every": "steps between checkpoints (0: every epoch end)",
-    "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples for retrieval",
+    "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples for retrieval, per dataset",
     "log_every": "steps between log lines", "stop_after_steps": "stop after this many steps (as if interrupted)",
 }
 

@@ -22,7 +22,7 @@ from pretrain.distributed import DistInfo, init_distributed
 from pretrain.loss import MaskedClipLoss
 from pretrain.model import BindingModel, anchor_pairs
 from pretrain.retrieval import ANCHOR_LABELS, label_chance, label_recall_at_k, recall_at_k
-from shards.stream import StreamConfig, make_loader
+from shards.stream import StreamConfig, capped_batches, make_loader
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -95,17 +95,13 @@ def validate(model: BindingModel, cfg: PretrainConfig, roots: list[Path], device
     emb: dict[str, list] = {}
     present: dict[str, list] = {}
     labels: dict[str, list] = {a: [] for a in ANCHOR_LABELS}
-    n = 0
-    for batch in make_loader(dirs, stream_config(cfg, 64, 0, False, cfg.binding.modalities)):
+    for batch in capped_batches(dirs, stream_config(cfg, 64, 0, False, cfg.binding.modalities), cfg.val_max_samples):
         batch = to_device(batch, device)
         for m, z in model.embed(batch).items():
             emb.setdefault(m, []).append(z.float().cpu())
             present.setdefault(m, []).append(batch["present"][m].cpu())
         for a, (_, key) in ANCHOR_LABELS.items():
             labels[a].append(batch[key].cpu())
-        n += len(batch["key"])
-        if n >= cfg.val_max_samples:
-            break
     model.train()
     z = {m: torch.cat(v) for m, v in emb.items()}
     p = {m: torch.cat(v) for m, v in present.items()}

@@ -304,6 +304,20 @@ def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+def capped_batches(dirs: Sequence[str | Path], cfg: StreamConfig, max_samples: int | None = None
+                   ) -> Iterator[dict[str, Any]]:
+    """The batches of each dataset (shard folder) in turn, each read once and only until ``max_samples`` of
+    its samples are read (the last batch may run past it; None: all). A cap shared by the datasets would let
+    the first one read decide how much of the next is evaluated, or whether any of it is."""
+    for d in dirs:
+        n = 0
+        for batch in make_loader([d], cfg):
+            yield batch
+            n += len(batch["key"])
+            if max_samples and n >= max_samples:
+                break
+
+
 def iter_samples(spec: str | Path | Sequence[str | Path], image_size: int = 64,
                  counter: SkipCounter | None = None) -> Iterator[dict[str, Any]]:
     """Every decoded sample of the shards in order (single process; for checks and evaluation)."""

@@ -15,7 +15,8 @@ import torch
 from shards.deepsense import DeepSenseReader
 from shards.mmfi import MMFiReader
 from shards.splits import assign_splits
-from shards.stream import SkipCounter, StreamConfig, collate, iter_samples, make_loader, one_pass_batches
+from shards.stream import (SkipCounter, StreamConfig, capped_batches, collate, iter_samples, make_loader,
+                           one_pass_batches)
 from shards.write import WriteConfig, main, write_dataset
 from tests import builders
 
@@ -236,6 +237,24 @@ def test_one_pass_reads_each_sample_once_and_shares_the_limit(tmp_path):
     assert keys(small + 3) == part  # seeded: the same order again
     with pytest.raises(ValueError, match="rank 2 of 2"):
         keys(5, 2, 2)
+
+
+def test_evaluation_cap_applies_to_each_dataset(tmp_path):
+    """Validation and evaluation read each dataset up to the cap: a first dataset larger than the cap no longer
+    leaves the next one unread."""
+    _write_mmfi(tmp_path / "h", frames=4)
+    write_dataset(WriteConfig("deepsense", builders.deepsense_full(tmp_path / "v_raw", seqs=2, frames=6),
+                              tmp_path / "v", split="random", fractions=(1.0, 0.0, 0.0), shard_size=3,
+                              progress=False))
+    dirs = [tmp_path / "v/train", tmp_path / "h/shards/train"]
+    sizes = [json.loads((d / "sizes.json").read_text())["samples"] for d in dirs]
+    cfg = StreamConfig(batch_size=2, shuffle_buffer=0, image_size=8)
+    keys = lambda cap: [k for b in capped_batches(dirs, cfg, cap) for k in b["key"]]  # noqa: E731
+    assert min(sizes) > 4
+    capped = keys(4)
+    assert sum(k.startswith("deepsense") for k in capped) == 4 and sum(k.startswith("mmfi") for k in capped) == 4
+    every = keys(None)
+    assert len(every) == len(set(every)) == sum(sizes)
 
 
 def test_pinned_groups_leave_the_fractions_ratio_to_the_rest(tmp_path):
