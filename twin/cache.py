@@ -30,6 +30,8 @@ def default_humans() -> Path:
 
 
 def default_vehicles() -> Path:
-    """The default vehicle-scene dataset of the pipeline (4 scenarios x 160 ray-traced samples)."""
+    """The default vehicle-scene dataset of the pipeline (6 scenarios x 256 ray-traced samples, about 50
+    passes: enough that the validation split holds a dozen of them; two scenarios ray-traced at a time)."""
     from twin.vehicles import VehicleTwinConfig, generate
-    return cached("vehicles", VehicleTwinConfig(scenarios=4, samples_per_scenario=160), lambda p, c: generate(p, c))
+    cfg = VehicleTwinConfig(scenarios=6, samples_per_scenario=256, workers=2)
+    return cached("vehicles", cfg, lambda p, c: generate(p, c))
