@@ -22,7 +22,8 @@ HELP = {
     "out": "report folder", "work": "folder of the evaluation's own training runs",
     "split": "split the tables and probes report on", "epochs": "training epochs of every trained row",
     "steps_per_epoch": "optimizer steps per epoch of every trained row", "batch_size": "samples per step",
-    "backbone_layers": "backbone layers kept in the LLM rows", "max_eval_samples": "samples evaluated per split, per dataset",
+    "backbone_layers": "backbone layers kept in the LLM rows",
+    "max_eval_samples": "samples evaluated per split, per dataset",
     "seed": "random seed", "real_steps": "training steps of the GPS-only models on real scenario 5",
 }
 

@@ -13,7 +13,7 @@ FRACTIONS=$($PY -c 'from pretrain.data import TWIN_SPLITS; print(",".join(map(st
 $PY -m shards.write --source mmfi --root "$HUMANS" --out "$OUT/shards/humans" --split subject --fractions "$FRACTIONS"
 $PY -m shards.summary "$OUT/shards/humans" > "$OUT/shards/humans/summary.json"
 echo "[demo] human shards: $(grep -c '' "$OUT/shards/humans/summary.json") summary lines in $OUT/shards/humans/summary.json"
-echo "[demo] vehicle twin (DeepSense layout): the cached default dataset, ray-traced once (≈ 12 min the first time)"
+echo "[demo] vehicle twin (DeepSense layout): the cached default dataset, ray-traced once (≈ 8 min the first time)"
 VEHICLES=$($PY -m twin default vehicles | tail -n 1)
 $PY -m twin report "$VEHICLES" --out "$OUT/twin_vehicles_report"
 echo "[demo] stage one: binding encoders to the wireless anchor (DeepSpeed, CPU)"
