@@ -172,6 +172,26 @@ def test_rewrite_is_byte_identical(tmp_path):
         assert p.read_bytes() == (tmp_path / "b/train" / p.name).read_bytes()
 
 
+def test_cli_blockage_label_options(tmp_path):
+    """--blockage-label / --blockage-horizon reach the reader: frames 4-6 of each sequence are blocked."""
+    builders.deepsense_full(tmp_path / "raw", seqs=1, frames=9, with_sensors=False)
+    argv = ["--source", "deepsense", "--root", str(tmp_path / "raw"), "--no-progress", "--split", "random",
+            "--fractions", "1,0,0", "--no-shuffle"]
+    labels = {}
+    for kind, horizon in (("within", 3), ("at", 3), ("within", 1)):
+        out = tmp_path / f"{kind}{horizon}"
+        assert main(argv + ["--out", str(out), "--blockage-label", kind, "--blockage-horizon", str(horizon)]) == 0
+        metas = sorted((s["meta"] for s in iter_samples(out / "train", image_size=8)),
+                       key=lambda m: m["index"])
+        labels[kind, horizon] = [m.get("blockage_future") for m in metas]
+        assert {m["blockage_label"] for m in metas if "blockage_future" in m} == {kind}
+    assert labels["within", 3] == [0, 1, 1, 1, 1, 1, None, None, None]
+    assert labels["at", 3] == [0, 1, 1, 1, 0, 0, None, None, None]
+    assert labels["within", 1] == [0, 0, 0, 1, 1, 1, 0, 0, None]
+    with pytest.raises(SystemExit):
+        main(argv + ["--out", str(tmp_path / "x"), "--blockage-horizon", "0"])
+
+
 SCENARIO5 = Path(__file__).resolve().parents[2] / "shared/data/deepsense/scenario5"
 
 
