@@ -104,6 +104,7 @@ def report(root: Path, out: Path, real: Path | None) -> dict[str, Any]:
     unb = tw["blocked"] == 0
     corr = float(np.corrcoef(tw["angle"][inside & unb], tw["beam"][inside & unb])[0, 1]) if (inside & unb).sum() > 2 else float("nan")
     blocked = tw["blocked"] == 1
+    series = blockage_series(root)
     result: dict[str, Any] = {
         "twin_samples": int(len(tw["beam"])),
         "twin_ratio_db": np.percentile(tw["ratio_db"], [10, 50, 90]).round(2).tolist(),
@@ -111,8 +112,8 @@ def report(root: Path, out: Path, real: Path | None) -> dict[str, Any]:
         "twin_blockage_rate_per_scenario": {s: float(tw["blocked"][tw["scenario"] == s].mean()) for s in np.unique(tw["scenario"])},
         "twin_blocked_drop_db": np.percentile(tw["drop_db"][blocked], [0, 10, 50]).round(2).tolist() if blocked.any() else None,
         "twin_beam_vs_angle_corr": corr,
-        "twin_future_blockage": blockage_predictability(blockage_series(root)),
-        "twin_future_blockage_at": blockage_predictability(blockage_series(root), kind="at"),
+        "twin_future_blockage": blockage_predictability(series),
+        "twin_future_blockage_at": blockage_predictability(series, kind="at"),
     }
     lines = [f"vehicle twin {root}: {result['twin_samples']} samples",
              f"best beam vs LoS angle (unblocked, inside the +-42 deg codebook): correlation {corr:.3f}",
