@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 BLOCKAGE_LABELS = ("within", "at")
+DEFAULT_BLOCKAGE_LABEL = "within"
 
 
 def check_blockage_label(kind: str, horizon: int) -> None:
@@ -22,7 +23,7 @@ def check_blockage_label(kind: str, horizon: int) -> None:
         raise ValueError(f"blockage horizon must be at least 1 frame, got {horizon}")
 
 
-def future_blockage(ahead: Sequence[int], kind: str = "within") -> int:
+def future_blockage(ahead: Sequence[int], kind: str = DEFAULT_BLOCKAGE_LABEL) -> int:
     """The label from the states (0/1) of frames t+1..t+Δ, in time order."""
     check_blockage_label(kind, len(ahead))
     return int(max(ahead)) if kind == "within" else int(ahead[-1])

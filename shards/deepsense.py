@@ -25,7 +25,7 @@ import numpy as np
 
 from shards import fileio
 from shards.errors import DataError
-from airbind.blockage import check_blockage_label, future_blockage
+from airbind.blockage import DEFAULT_BLOCKAGE_LABEL, check_blockage_label, future_blockage
 from airbind.geo import latlon_to_en
 from shards.radar import RadarConfig, cube_to_points
 from shards.records import BadInput, Record, resolve
@@ -43,7 +43,7 @@ class DeepSenseConfig:
     past_steps: int = 8          # T of past_beam.npy (full layout)
     future_steps: int = 5        # length of meta future_beams
     blockage_horizon: int = 3    # Δ in frames for blockage_future (full layout, blockage_final)
-    blockage_label: str = "within"  # blocked in any of frames t+1..t+Δ, or "at" frame t+Δ (airbind.blockage)
+    blockage_label: str = DEFAULT_BLOCKAGE_LABEL  # "within": blocked in any of frames t+1..t+Δ; "at": at t+Δ
     seq_block: int = 100         # task CSVs carry no seq_index: frames are grouped in blocks of this many
     prefer_calibrated_gps: bool = True
     radar: RadarConfig = RadarConfig()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from airbind.blockage import BLOCKAGE_LABELS
+from airbind.blockage import BLOCKAGE_LABELS, check_blockage_label
 from shards.deepsense import DeepSenseConfig, DeepSenseReader
 from shards.errors import DataError
 from shards.mmfi import MMFiConfig, MMFiReader
@@ -115,8 +115,10 @@ def parse_args(argv: list[str] | None = None) -> WriteConfig:
     a = p.parse_args(argv)
     if a.past_wifi_frames < 0:
         p.error("--past-wifi-frames must be >= 0")
-    if a.blockage_horizon < 1:
-        p.error("--blockage-horizon must be >= 1")
+    try:
+        check_blockage_label(a.blockage_label, a.blockage_horizon)
+    except ValueError as exc:
+        p.error(str(exc))
     fractions = tuple(float(x) for x in a.fractions.split(","))
     if len(fractions) != 3:
         p.error("--fractions takes three numbers")

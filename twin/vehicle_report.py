@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from airbind.blockage import future_blockage
+from airbind.blockage import DEFAULT_BLOCKAGE_LABEL, future_blockage
 from airbind.geo import latlon_to_en
 
 
@@ -36,7 +36,6 @@ def twin_stats(root: Path) -> dict[str, Any]:
 
 
 BLOCKAGE_HORIZON = 3  # frames: the default Δ of the future-blockage label (shards/deepsense.py blockage_horizon)
-BLOCKAGE_LABEL = "within"  # its default kind (shards/deepsense.py blockage_label; airbind/blockage.py)
 
 
 def blockage_series(root: Path) -> list[np.ndarray]:
@@ -51,7 +50,7 @@ def blockage_series(root: Path) -> list[np.ndarray]:
 
 
 def blockage_predictability(series: list[np.ndarray], horizon: int = BLOCKAGE_HORIZON,
-                            kind: str = BLOCKAGE_LABEL) -> dict[str, float]:
+                            kind: str = DEFAULT_BLOCKAGE_LABEL) -> dict[str, float]:
     """For the future-blockage label of frame t (``kind`` "within": blocked in any of frames t+1..t+horizon;
     "at": blocked at frame t+horizon) over every t of every pass that has it: the share of positives, the
     accuracy of always answering the majority, and of persistence (answering frame t's own state, which a
