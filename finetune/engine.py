@@ -34,17 +34,22 @@ def adam_settings(cfg) -> dict[str, Any]:
 
 
 def param_groups(model: torch.nn.Module, cfg) -> list[dict[str, Any]]:
-    """Trainable weights in two AdamW groups: the task-specific modules (per-task gating, task attention and
-    heads, all new at stage two; :meth:`MMSenseModel.task_specific_parameters`) at ``lr * head_lr_scale``,
-    everything else (encoders, fusion, LoRA, the log-variances of Eq. 14) at ``lr``. The LR schedule scales
-    both groups alike."""
+    """Trainable weights in up to three AdamW groups: the task-specific modules (per-task gating, task
+    attention and heads, all new at stage two; :meth:`MMSenseModel.task_specific_parameters`) at
+    ``lr * head_lr_scale``, the modality encoders (trained at stage one) at ``lr * encoder_lr_scale``,
+    everything else (fusion, LoRA, the log-variances of Eq. 14) at ``lr``. The LR schedule scales all alike."""
     task_ids = {id(p) for p in model.task_specific_parameters()}
-    groups: dict[bool, list[torch.nn.Parameter]] = {False: [], True: []}
+    encoder_ids = {id(p) for p in model.encoders.parameters()}
+    scales = {"task": cfg.head_lr_scale, "encoder": cfg.encoder_lr_scale, "rest": 1.0}
+    bad = {k: v for k, v in (("head_lr_scale", cfg.head_lr_scale), ("encoder_lr_scale", cfg.encoder_lr_scale))
+           if not v > 0}
+    if bad:
+        raise ValueError(f"learning-rate multipliers must be > 0 (use --freeze-encoders to keep encoders fixed): {bad}")
+    groups: dict[str, list[torch.nn.Parameter]] = {k: [] for k in scales}
     for p in model.parameters():
         if p.requires_grad:
-            groups[id(p) in task_ids].append(p)
-    return [{"params": ps, "lr": cfg.lr * (cfg.head_lr_scale if task else 1.0)}
-            for task, ps in groups.items() if ps]
+            groups["task" if id(p) in task_ids else "encoder" if id(p) in encoder_ids else "rest"].append(p)
+    return [{"params": ps, "lr": cfg.lr * scales[k]} for k, ps in groups.items() if ps]
 
 
 class PlainEngine:

@@ -21,6 +21,8 @@ TOP_HELP = {
     "lr": "peak learning rate (AdamW)",
     "head_lr_scale": "learning-rate multiplier of the task-specific modules (gating, task attention, heads), which "
                      "start from scratch while the encoders and the backbone start trained",
+    "encoder_lr_scale": "learning-rate multiplier of the modality encoders (trained at stage one), so that "
+                        "fine-tuning moves them less than the modules that start at stage two (LP-FT)",
     "head_init": "probe: before the first step, fit each task head by a linear probe on its inputs over "
                  "--head-init-samples training samples (LP-FT); none: heads start at random",
     "head_init_samples": "most training samples the head-initialising probe reads (each at most once)",

@@ -530,6 +530,21 @@ def test_task_modules_get_their_own_learning_rate(tiny_backbone):
     assert fast | base == trainable and not fast & base and not any(n.startswith("encoders.") for n in trainable)
 
 
+def test_encoders_get_their_own_learning_rate(tiny_backbone):
+    """--encoder-lr-scale: the stage-one encoders in their own group, the task modules and the rest unchanged."""
+    from finetune.engine import param_groups
+    cfg = merge(_cfg(tiny_backbone), {"lr": 1e-3, "head_lr_scale": 10.0, "encoder_lr_scale": 0.1})
+    torch.manual_seed(0)
+    model = MMSenseModel(cfg.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr = {g["lr"]: {names[id(p)] for p in g["params"]} for g in param_groups(model, cfg)}
+    assert sorted(by_lr) == [pytest.approx(1e-4), 1e-3, pytest.approx(1e-2)]
+    slow, base = by_lr[min(by_lr)], by_lr[1e-3]
+    assert slow == {n for n in names.values() if n.startswith("encoders.")}
+    assert any(n.startswith("fusion.") for n in base) and not any(n.startswith("encoders.") for n in base)
+    assert set().union(*by_lr.values()) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
 def test_pose_baselines_from_training_labels():
     """MPJPE of the mean training pose, and its PA-MPJPE (aligned to each true pose): a pose that is the mean
     pose moved, turned and scaled has a PA baseline of 0 but a large MPJPE baseline."""
