@@ -22,7 +22,7 @@ class FinetuneConfig:
     batch_size: int = 16
     lr: float = 3e-4
     head_lr_scale: float = 1.0         # lr multiplier of the task-specific modules (gating, task attention, heads)
-    encoder_lr_scale: float = 1.0      # lr multiplier of the stage-one encoders (0 < scale; --freeze-encoders: none)
+    encoder_lr_scale: float = 0.3      # lr multiplier of the stage-one encoders (0 < scale; --freeze-encoders: none)
     head_init: str = "probe"           # probe: heads fitted by a linear probe before the first step (LP-FT) | none
     head_init_samples: int = 4096      # most training samples the probe reads, each once (over all ranks)
     weight_decay: float = 0.01
@@ -42,8 +42,9 @@ class FinetuneConfig:
     bf16: str = "auto"                 # auto: bf16 on GPU (DeepSpeed engine), fp32 on CPU; on / off
     progress: bool = True
 
-    # runs written before the probe initialisation existed trained their heads from random weights
-    LEGACY: ClassVar[dict[str, Any]] = {"head_init": "none"}
+    # runs written before the probe initialisation existed trained their heads from random weights; runs
+    # written before the encoders had their own learning rate trained them at the full one
+    LEGACY: ClassVar[dict[str, Any]] = {"head_init": "none", "encoder_lr_scale": 1.0}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -543,6 +544,15 @@ def test_encoders_get_their_own_learning_rate(tiny_backbone):
     assert slow == {n for n in names.values() if n.startswith("encoders.")}
     assert any(n.startswith("fusion.") for n in base) and not any(n.startswith("encoders.") for n in base)
     assert set().union(*by_lr.values()) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_configs_before_the_encoder_learning_rate_keep_the_full_one():
+    """A run written before --encoder-lr-scale trained its encoders at the full learning rate; its config
+    (evaluation/training.py rebuilds recipes from it) must say so, while new runs get the default."""
+    from finetune.config import from_dict
+    assert from_dict(FinetuneConfig, {"lr": 5e-4}).encoder_lr_scale == 1.0
+    assert FinetuneConfig().encoder_lr_scale < 1.0
+    assert from_dict(FinetuneConfig, asdict(FinetuneConfig())).encoder_lr_scale == FinetuneConfig().encoder_lr_scale
 
 
 def test_pose_baselines_from_training_labels():
