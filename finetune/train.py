@@ -146,10 +146,20 @@ def saved_config(ckpt: Path) -> dict[str, Any]:
     return raw
 
 
+# options that lay out the optimizer's parameter groups (finetune.engine.param_groups): a resumed optimizer
+# state brings back its groups' learning rates, so a change here would be silently ignored or fail to load
+OPTIMIZER_OPTIONS = ("freeze_encoders", "head_lr_scale", "encoder_lr_scale")
+
+
 def check_resumable(ckpt: Path, cfg: FinetuneConfig) -> None:
     """Refuse to resume ``ckpt`` with a model that differs from the one it saved (e.g. a checkpoint of the
-    code before FeatureStandardizer under today's default: its statistics would be set mid-run)."""
-    check_same_options(ckpt, saved_config(ckpt).get("model", {}), asdict(cfg.model))
+    code before FeatureStandardizer under today's default: its statistics would be set mid-run), or with
+    other optimizer groups (``OPTIMIZER_OPTIONS``; a checkpoint from before an option counts as its
+    ``FinetuneConfig.LEGACY`` value)."""
+    raw = saved_config(ckpt)
+    saved = from_dict(FinetuneConfig, raw)
+    check_same_options(ckpt, {**raw.get("model", {}), **{k: getattr(saved, k) for k in OPTIMIZER_OPTIONS}},
+                       {**asdict(cfg.model), **{k: getattr(cfg, k) for k in OPTIMIZER_OPTIONS}})
 
 
 def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:

@@ -264,6 +264,12 @@ def test_run_checkpoint_round_trip_and_predict(tiny_backbone, mixed_shards, tmp_
     check_resumable(ckpt, cfg)  # same options: resumable
     with pytest.raises(ValueError, match="feature_norm: saved False, now True"):
         check_resumable(old, cfg)  # today's default would set the statistics mid-run
+    with pytest.raises(ValueError, match="encoder_lr_scale: saved 0.3, now 1.0"):
+        check_resumable(ckpt, merge(cfg, {"encoder_lr_scale": 1.0}))  # the optimizer groups' rates would stay
+    del meta["config"]["encoder_lr_scale"]  # a run from before the option trained its encoders at the full rate
+    (old / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="encoder_lr_scale: saved 1.0, now 0.3"):
+        check_resumable(old, merge(cfg, {"model": {"feature_norm": False}}))
     pred = tmp_path / "pred.jsonl"
     proc = subprocess.run([sys.executable, str(REPO / "finetune/predict.py"), str(ckpt), "--shards",
                            str(mixed_shards / "vehicles/val"), "--out", str(pred)], capture_output=True, text=True,
@@ -544,6 +550,8 @@ def test_encoders_get_their_own_learning_rate(tiny_backbone):
     assert slow == {n for n in names.values() if n.startswith("encoders.")}
     assert any(n.startswith("fusion.") for n in base) and not any(n.startswith("encoders.") for n in base)
     assert set().union(*by_lr.values()) == {n for n, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="encoder_lr_scale.*0.0"):
+        param_groups(model, merge(cfg, {"encoder_lr_scale": 0.0}))
 
 
 def test_configs_before_the_encoder_learning_rate_keep_the_full_one():
