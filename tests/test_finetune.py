@@ -318,6 +318,17 @@ def test_export_matches_eager(tiny_backbone, mixed_shards):
     assert check(predictor, program, batches, atol=1e-4) < 1e-4
 
 
+def test_export_cli_refuses_inconsistent_options(tmp_path, capsys):
+    """finetune/export.py names the option that does not fit before it loads anything."""
+    from finetune.export import main
+    for argv, msg in (([str(tmp_path), "--out", "b.pt2", "--int8"], "--int8 needs an .onnx"),
+                      ([str(tmp_path), "--out", "b.onnx", "--int8-reduce-range"], "goes with --int8"),
+                      ([str(tmp_path), "--out", "b.bin"], "must end in .pt2 or .onnx")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def test_task_sequence_equals_the_full_masked_layout(tiny_backbone, mixed_shards):
     """Each task's backbone sequence holds only its own modalities' tokens, at their positions of the full
     layout [every modality's tokens; instruction]: its outputs equal those of that layout with the other
@@ -424,15 +435,18 @@ def test_onnx_export_matches_eager(tiny_backbone, mixed_shards, tmp_path):
     # int8: the backbone's weight matrices become integer matmuls, and the logits stay close to eager's
     import onnx
     from finetune.export import agreement, quantize_int8
-    q = quantize_int8(tmp_path / "beam.onnx", tmp_path / "beam.int8.onnx")
-    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
-    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, ops
-    r = agreement(predictor, OnnxBeamPredictor(q), batches)
+    labelled = sum(int((b["beam_label"] >= 0).sum()) for b in batches)  # agreement counts the beam task's rows
     with torch.no_grad():
         spread = float(torch.cat([predictor(*predictor.flatten(b)) for b in batches]).std())
-    labelled = sum(int((b["beam_label"] >= 0).sum()) for b in batches)  # agreement counts the beam task's rows
-    assert 0 < labelled < 12 and r["samples"] == labelled, r
-    assert 0 < r["max_abs_diff"] < 0.2 * spread and r["top1_agreement"] >= 0.75, (r, spread)
+    # largest logit difference / spread, measured on six random backbones of an AVX2-only CPU: 8-bit weights
+    # 0.14-0.27 (ONNX Runtime's u8 x s8 products saturate there), 7-bit weights 0.04-0.05
+    for reduce_range, bound in ((False, 0.35), (True, 0.1)):
+        q = quantize_int8(tmp_path / "beam.onnx", tmp_path / f"int8.{reduce_range}.onnx", reduce_range=reduce_range)
+        ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+        assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, ops
+        r = agreement(predictor, OnnxBeamPredictor(q), batches)
+        assert 0 < labelled < 12 and r["samples"] == labelled, r
+        assert 0 < r["max_abs_diff"] < bound * spread and r["top1_agreement"] >= 0.75, (reduce_range, r, spread)
     with pytest.raises(ValueError, match="beam.onnx"):
         quantize_int8(tmp_path / "beam.onnx", tmp_path / "none.onnx", scope="model.no_such_module")
 

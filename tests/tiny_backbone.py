@@ -7,7 +7,9 @@ WORDS = ("predict the optimal beam index from multi-modal inputs recognize human
          "of 17 body keypoints whether line sight will be blocked in near future .").split()
 
 
-def make_tiny_backbone(folder: Path, layers: int = 4, hidden: int = 64) -> Path:
+def make_tiny_backbone(folder: Path, layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
+    """The same weights for the same ``seed`` (tests compare numbers of this model from run to run)."""
+    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
@@ -18,6 +20,9 @@ def make_tiny_backbone(folder: Path, layers: int = 4, hidden: int = 64) -> Path:
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=256, tie_word_embeddings=True)
     folder.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
