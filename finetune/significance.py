@@ -58,10 +58,17 @@ def _auc(prob: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def auc_interval(prob: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
-                 level: float = LEVEL) -> dict[str, float]:
-    """Percentile interval of the ROC AUC under the cluster bootstrap (replicates with one class are skipped;
-    NaN when fewer than half of them have both classes, or with fewer than :data:`MIN_SEQUENCES` sequences)."""
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the recalls of the two classes: 0.5 for any constant decision (the majority class included)."""
+    pos = labels == 1
+    return float(0.5 * ((pred[pos] == 1).mean() + (pred[~pos] == 0).mean()))
+
+
+def two_class_interval(stat, score: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_boot: int = N_BOOT,
+                       seed: int = 0, level: float = LEVEL) -> dict[str, float]:
+    """Percentile interval of ``stat(score, labels)`` (a statistic of both classes: ROC AUC, balanced
+    accuracy) under the cluster bootstrap; replicates with one class are skipped; NaN when fewer than half of
+    them have both classes, or with fewer than :data:`MIN_SEQUENCES` sequences."""
     cl, n_cl = _clusters(keys)
     if n_cl < MIN_SEQUENCES:
         return {"ci_low": float("nan"), "ci_high": float("nan")}
@@ -71,11 +78,17 @@ def auc_interval(prob: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_boot:
     for _ in range(n_boot):
         rows = np.concatenate([members[c] for c in rng.integers(0, n_cl, n_cl)])
         if len(np.unique(labels[rows])) == 2:
-            reps.append(_auc(prob[rows], labels[rows]))
+            reps.append(stat(score[rows], labels[rows]))
     if len(reps) < n_boot / 2:
         return {"ci_low": float("nan"), "ci_high": float("nan")}
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return {"ci_low": float(lo), "ci_high": float(hi)}
+
+
+def auc_interval(prob: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+                 level: float = LEVEL) -> dict[str, float]:
+    """Percentile interval of the ROC AUC under the cluster bootstrap (:func:`two_class_interval`)."""
+    return two_class_interval(_auc, prob, labels, keys, n_boot, seed, level)
 
 
 def per_frame_scores(task: str, output: np.ndarray, label: np.ndarray, train_labels: list) -> dict[str, tuple]:
@@ -108,8 +121,15 @@ def compare_to_baselines(train_labels: dict[str, list], arrays: dict[str, dict[s
             out[f"{t}/{name}_minus_baseline_ci_low"] = r["ci_low"]
             out[f"{t}/{name}_minus_baseline_ci_high"] = r["ci_high"]
             out[f"{t}/sequences"] = r["sequences"]
-        if t == "blockage":
-            prob = 1.0 / (1.0 + np.exp(-a["output"].reshape(-1)))
-            for k, v in auc_interval(prob, a["label"].astype(int), a["key"], n_boot, seed).items():
+        if t == "blockage":  # rare positives: the ranking (AUC) and the decision's balanced accuracy, 0.5 for
+            # the majority class (or any constant), so the difference to the trivial baseline is BA - 0.5
+            labels, logit = a["label"].astype(int), a["output"].reshape(-1)
+            for k, v in auc_interval(1.0 / (1.0 + np.exp(-logit)), labels, a["key"], n_boot, seed).items():
                 out[f"blockage/auc_{k}"] = v
+            if len(np.unique(labels)) == 2:
+                decide = (logit >= 0).astype(int)
+                out["blockage/balanced_accuracy_minus_baseline"] = balanced_accuracy(decide, labels) - 0.5
+                ci = two_class_interval(balanced_accuracy, decide, labels, a["key"], n_boot, seed)
+                for k, v in ci.items():
+                    out[f"blockage/balanced_accuracy_minus_baseline_{k}"] = v - 0.5
     return out

@@ -31,13 +31,15 @@ r = json.load(open(sys.argv[1]))
 rows = [("beam top-1", "beam/top1", "beam/baseline_accuracy"), ("HAR top-1", "har/top1", "har/baseline_accuracy"),
         ("HPE MPJPE (mm, lower is better)", "hpe/mpjpe_mm", "hpe/baseline_mpjpe_mm"),
         ("HPE PA-MPJPE (mm, lower is better)", "hpe/pa_mpjpe_mm", "hpe/baseline_pa_mpjpe_mm"),
-        ("blockage accuracy", "blockage/accuracy", "blockage/baseline_accuracy")]
+        ("blockage accuracy", "blockage/accuracy", "blockage/baseline_accuracy"),
+        ("blockage balanced accuracy", "blockage/balanced_accuracy", 0.5)]  # 0.5: any constant decision
 nan = float("nan")
 for name, k, b in rows:
     d = k + "_minus_baseline"  # with its 95 % interval from a bootstrap over sequences (finetune/significance.py)
     lo, hi, n = r.get(d + "_ci_low", nan), r.get(d + "_ci_high", nan), r.get(k.split("/")[0] + "/sequences", nan)
     ci = f"95 % CI {lo:+.3f}, {hi:+.3f}" if lo == lo else "no interval: too few"
-    print(f"[demo] {name}: model {r.get(k, nan):.3f}  trivial baseline {r.get(b, nan):.3f}  difference "
+    base = b if isinstance(b, float) else r.get(b, nan)
+    print(f"[demo] {name}: model {r.get(k, nan):.3f}  trivial baseline {base:.3f}  difference "
           f"{r.get(d, nan):+.3f} [{ci}; {n:.0f} sequences]")
 PYEOF
 echo "[demo] evaluation: Tables I/II, zero-shot, few-shot, real scenario 5, figures -> reports/"

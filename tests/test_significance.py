@@ -77,3 +77,24 @@ def test_rank_auc_matches_sklearn():
     labels = rng.integers(0, 2, 60)
     prob = np.round(rng.random(60), 1)  # with ties
     assert _auc(prob, labels) == pytest.approx(roc_auc_score(labels, prob))
+
+
+def test_blockage_balanced_accuracy_against_the_majority_class():
+    """A rare positive class (1 frame in 5 of every sequence): a decision right on every positive and on all but
+    one negative per sequence has balanced accuracy 0.5 (1 + 3/4) = 0.875, so 0.375 above the majority class
+    (0.5 for any constant decision), with an interval of that value; deciding 'clear' everywhere is exactly 0."""
+    keys = keys_for(12, 5)
+    labels = np.tile([0, 0, 1, 0, 0], 12)
+    train = [np.array(0.0)] * 8 + [np.array(1.0)] * 2
+    good = np.where(labels == 1, 3.0, -3.0)
+    good[::5] = 3.0  # one false alarm per sequence
+    out = compare_to_baselines({"blockage": train}, {"blockage": {"output": good[:, None], "label": labels,
+                                                                  "key": keys}})
+    assert out["blockage/balanced_accuracy_minus_baseline"] == pytest.approx(0.375)
+    assert out["blockage/balanced_accuracy_minus_baseline_ci_low"] == pytest.approx(0.375)
+    assert out["blockage/balanced_accuracy_minus_baseline_ci_high"] == pytest.approx(0.375)
+    assert out["blockage/accuracy_minus_baseline"] == pytest.approx(0.0)  # 0.8 of frames right, as the majority
+    clear = compare_to_baselines({"blockage": train}, {"blockage": {"output": -np.ones((60, 1)), "label": labels,
+                                                                   "key": keys}})
+    assert clear["blockage/balanced_accuracy_minus_baseline"] == 0.0
+    assert clear["blockage/balanced_accuracy_minus_baseline_ci_low"] == 0.0
