@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -66,6 +67,25 @@ def test_bodies_are_rigid_and_sensors_follow_the_body(tmp_path):
     moving = [np.fromfile(p, "<f8").reshape(-1, 5) for p in sorted((root / "E01/S01/A08/mmwave").glob("*.bin"))]
     assert np.mean([np.abs(m[:, 3]).max() if len(m) else 0 for m in moving]) > 0.2
 
+
+
+def test_every_action_has_its_own_spot_near_the_subjects(monkeypatch):
+    """Each action is recorded with the subject standing anew: the trajectories of a subject's actions differ
+    by the action's own spot, within ACTION_SPOT_M of the subject's habitual spot in x and y."""
+    import twin.humans as humans
+    subject = humans.make_subject(1, 0, seed=5)
+    moved = [humans.simulate_action(subject, a, frames=4, seed=5) for a in range(6)]
+    bound = humans.ACTION_SPOT_M
+    monkeypatch.setattr(humans, "ACTION_SPOT_M", 0.0)
+    spots = []
+    for a in range(6):
+        unmoved = humans.simulate_action(replace(subject, offset=(0.0, 0.0)), a, frames=4, seed=5)
+        shift = (moved[a] - unmoved)[..., :2].reshape(-1, 2)
+        assert np.ptp(shift, axis=0).max() < 1e-9  # one rigid move of the whole action
+        spots.append(shift[0] - np.array(subject.offset))
+    spots = np.array(spots)
+    assert bound > 0 and np.abs(spots).max() <= bound and len({tuple(np.round(s, 6)) for s in spots}) == 6
+    assert np.ptp(spots, axis=0).min() > 0.05  # the spots spread, not one shared offset
 
 @pytest.mark.slow
 def test_small_preset_and_report(tmp_path, capsys):

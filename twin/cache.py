@@ -12,8 +12,9 @@ from airbind.paths import build_once, cache_dir
 
 # Bump when the simulation changes in a way the configuration does not show, so caches are rebuilt.
 # 2: LoS blockage requires the Fresnel core to be obstructed; 3: vehicle colours fixed;
-# vehicles 4: ray-traced beam powers bit-reproducible (single-threaded Dr.Jit solver)
-TWIN_VERSION = {"humans": 3, "vehicles": 4}
+# vehicles 4: ray-traced beam powers bit-reproducible (single-threaded Dr.Jit solver); humans 4: each action's
+# own standing spot (twin.humans.ACTION_SPOT_M)
+TWIN_VERSION = {"humans": 4, "vehicles": 4}
 
 
 def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:

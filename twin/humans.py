@@ -1,9 +1,10 @@
 """Human activity scenes written in the MM-Fi layout: ``E0x/Sxx/Axx/{rgb,depth,lidar,mmwave,wifi-csi}``.
 
 Subjects S01-S10 are in E01, S11-S20 in E02 and so on (as in MM-Fi); each performs the 27 activities of
-:mod:`twin.activities`. The body is simulated at 100 Hz; sensor frames and ``ground_truth.npy`` (frames x
-17 x 3, metres, rig frame) are at 10 Hz and the 10 WiFi packets of a frame fall at the 100 Hz steps within
-it. Deterministic for a seed: every action folder draws from its own seed sequence.
+:mod:`twin.activities`, every action a recording of its own for which the subject takes a spot anew: the
+subject's habitual spot (``Subject.offset``) plus up to ``ACTION_SPOT_M`` in x and y. The body is simulated at
+100 Hz; sensor frames and ``ground_truth.npy`` (frames x 17 x 3, metres, rig frame) are at 10 Hz and the 10
+WiFi packets of a frame fall at the 100 Hz steps within it. Deterministic for a seed: every action folder draws from its own seed sequence.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from twin.skeleton import BONES, JOINT_NAMES, Body, forward_kinematics
 
 SIM_HZ = 100
 FRAME_HZ = 10
+# how far (m, uniform in x and y) a subject stands from their habitual spot in one action's recording; with
+# one spot per subject, the pose model could place a person from the room alone (6 training spots)
+ACTION_SPOT_M = 0.2
 
 
 @dataclass
@@ -78,8 +82,9 @@ def simulate_action(subject: Subject, activity: int, frames: int, seed: int) -> 
     rng = np.random.default_rng([seed, subject.number, activity])
     times = np.arange(frames * (SIM_HZ // FRAME_HZ)) / SIM_HZ
     p = trajectory(activity, times, subject.speed, subject.style, rng)
-    p["root_x"] = p["root_x"] + subject.offset[0]
-    p["root_y"] = p["root_y"] + subject.offset[1]
+    spot = np.random.default_rng([seed, subject.number, activity, 11]).uniform(-ACTION_SPOT_M, ACTION_SPOT_M, 2)
+    p["root_x"] = p["root_x"] + subject.offset[0] + spot[0]
+    p["root_y"] = p["root_y"] + subject.offset[1] + spot[1]
     p["root_yaw"] = p["root_yaw"] + np.pi + rng.normal(0, 8 * np.pi / 180)  # facing the sensor rig
     return forward_kinematics(subject.body, p)
 
