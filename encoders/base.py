@@ -58,6 +58,13 @@ def _load_all() -> None:
     from encoders import image, points, signals  # noqa: F401  (registration side effects)
 
 
+def fourier_features(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x (..., c) → (..., 2 c F): sin then cos of every coordinate times each angular frequency (Tancik et al.,
+    NeurIPS 2020: a linear layer can then resolve changes far below the input's own scale)."""
+    ang = x[..., None] * freqs
+    return torch.cat([ang.sin().flatten(-2), ang.cos().flatten(-2)], -1)
+
+
 def zero_absent(out: EncoderOutput, present: torch.Tensor | None) -> EncoderOutput:
     """Zero the tokens and pooled vector of rows whose modality is absent."""
     if present is None:

@@ -11,14 +11,18 @@ NeurIPS 2022). With only the first, a 1.7 m person at ``coord_scale`` 10 m gives
 encoder could not even fit 128 human radar frames; the second puts local shape at unit scale for any scene.
 For the same reason the point embedding reads the coordinates twice, in ``coord_scale`` units (where the cloud
 is) and standardised over the cloud (its shape: centroid removed, divided by its RMS radius), since one encoder
-serves street scenes tens of metres wide and a person within 2 m.
+serves street scenes tens of metres wide and a person within 2 m. With ``bands`` > 0 it also reads Fourier
+features of the coordinates in metres (wavelengths ``min_wavelength`` x 2^k): at ``coord_scale`` 10 m a person
+standing 0.3 m further away moves the first input by 0.03, and stage one had learnt to place a held-out subject
+where the training subject of the same room stood (pelvis 449 mm off from its pooled LiDAR features, 479 for the
+mean position, while the cloud's median sits within a few cm of the pelvis).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from encoders.base import EncoderConfig, EncoderOutput, register, zero_absent
+from encoders.base import EncoderConfig, EncoderOutput, fourier_features, register, zero_absent
 from encoders.fps import farthest_point_sampling
 
 
@@ -102,7 +106,8 @@ class TransitionDown(nn.Module):
 @register("radar", "lidar")
 class PointTransformerEncoder(nn.Module):
     """options: ``in_channels`` (5 radar, 4 LiDAR), ``coord_scale`` (m), ``feature_scale`` (per extra
-    channel), ``k`` (neighbours), ``mid_points`` (after the first down-sampling)."""
+    channel), ``k`` (neighbours), ``mid_points`` (after the first down-sampling), ``bands`` and
+    ``min_wavelength`` (m) of the coordinates' Fourier features (0 bands: none)."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -114,7 +119,11 @@ class PointTransformerEncoder(nn.Module):
         self.register_buffer("feature_scale", torch.tensor(o.get("feature_scale", default_feat), dtype=torch.float32))
         k, d = int(o.get("k", 8)), cfg.d
         self.mid_points, self.n_tokens = int(o.get("mid_points", 64)), cfg.n_tokens
-        self.embed = nn.Sequential(nn.Linear(self.in_channels + 3, d // 2), nn.ReLU(), nn.Linear(d // 2, d // 2))
+        bands = int(o.get("bands", 0))
+        wavelengths = float(o.get("min_wavelength", 0.25)) * 2.0 ** torch.arange(bands, dtype=torch.float32)
+        self.register_buffer("freqs", 2 * torch.pi / wavelengths)
+        self.embed = nn.Sequential(nn.Linear(self.in_channels + 3 + 6 * bands, d // 2), nn.ReLU(),
+                                   nn.Linear(d // 2, d // 2))
         self.block1 = PointTransformerLayer(d // 2, k)
         self.down1 = TransitionDown(d // 2, d, k)
         self.block2 = PointTransformerLayer(d, k)
@@ -127,7 +136,10 @@ class PointTransformerEncoder(nn.Module):
         pts, mask = batch[self.modality].float(), batch[self.modality + "_mask"]
         p = pts[..., :3] / self.coord_scale
         extra = pts[..., 3:self.in_channels] / self.feature_scale[: self.in_channels - 3]
-        x = self.embed(torch.cat([p, standardise(p, mask), extra], -1)) * mask[..., None]
+        parts = [p, standardise(p, mask), extra]
+        if len(self.freqs):
+            parts.append(fourier_features(pts[..., :3], self.freqs))
+        x = self.embed(torch.cat(parts, -1)) * mask[..., None]
         x = self.block1(x, p, mask)
         x, p, mask = self.down1(x, p, mask, self.mid_points)
         x = self.block2(x, p, mask)

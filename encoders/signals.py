@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encoders.base import EncoderConfig, EncoderOutput, register, zero_absent
+from encoders.base import EncoderConfig, EncoderOutput, fourier_features, register, zero_absent
 
 
 def power_db(p: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,7 @@ class GPSEncoder(nn.Module):
 
     def forward(self, batch: dict) -> EncoderOutput:
         x = batch["gps"][:, :2].float() / self.scale
-        ang = x[..., None] * self.freqs
-        h = self.mlp(torch.cat([x, ang.sin().flatten(1), ang.cos().flatten(1)], -1))
+        h = self.mlp(torch.cat([x, fourier_features(x, self.freqs)], -1))
         return zero_absent(EncoderOutput(self.tokens(h), h), batch["present"].get("gps"))
 
 

@@ -27,10 +27,11 @@ class BindingConfig:
     image_norm: str = "group"  # group | batch (batch: ImageNet checkpoints; SyncBatchNorm on multi-GPU)
     image_checkpoint: str | None = None
     coord_scale: float = 10.0
+    point_bands: int = 8     # Fourier bands of the radar / LiDAR coordinates (0.25 m to 32 m wavelengths; 0: none)
     init_temperature: float = 0.07
     wifi_window: int = 9     # previous CSI frames the WiFi encoder reads with each frame (0: the frame alone)
     # what a checkpoint's config written before a field existed was trained with (read by from_dict)
-    LEGACY: ClassVar[dict] = {"wifi_window": 0}
+    LEGACY: ClassVar[dict] = {"wifi_window": 0, "point_bands": 0}
 
     def encoder_configs(self) -> dict[str, EncoderConfig]:
         out = {}
@@ -39,7 +40,7 @@ class BindingConfig:
             if m == "image":
                 opts = {"arch": self.image_arch, "norm": self.image_norm, "checkpoint": self.image_checkpoint}
             elif m in ("radar", "lidar"):
-                opts = {"coord_scale": self.coord_scale}
+                opts = {"coord_scale": self.coord_scale, "bands": self.point_bands}
             elif m == "wifi":
                 opts = {"window": self.wifi_window}
             out[m] = EncoderConfig(m, self.d, self.n_tokens, opts)

@@ -51,6 +51,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--image-norm", b.image_norm, choices=["group", "batch"], help="normalisation layers of the ResNet")
     add("--image-checkpoint", b.image_checkpoint, help="safetensors weights for the image model (norm=batch)")
     add("--coord-scale", b.coord_scale, type=float, help="metres per unit for point clouds")
+    add("--point-bands", b.point_bands, type=int, help="Fourier bands of the radar and LiDAR coordinates "
+        "(wavelengths 0.25 m x 2^k; 0: none)")
     add("--wifi-window", b.wifi_window, type=int, help="previous CSI frames the WiFi encoder reads with each "
         "frame (0: the frame alone)")
     p.dataclass_options(PretrainConfig, skip=("data", "out", "binding", "progress"), help_texts=HELP,

@@ -144,7 +144,8 @@ def test_fps_on_cuda_makes_the_reference_picks():
         assert torch.equal(idx.cpu(), fps_reference(p, mask, m))
 
 
-def test_point_offsets_reach_theta_at_unit_scale_and_ignore_padding():
+@pytest.mark.parametrize("bands", [0, 8])
+def test_point_offsets_reach_theta_at_unit_scale_and_ignore_padding(bands):
     """The second half of the offsets has RMS 1 over the valid neighbours whatever the cloud's size; padded
     points, whatever their coordinates, change no real output of the encoder."""
     from encoders import EncoderConfig, build_encoder
@@ -163,7 +164,7 @@ def test_point_offsets_reach_theta_at_unit_scale_and_ignore_padding():
     assert torch.allclose(normalise_offsets(moved, valid)[valid], out[valid])
 
     torch.manual_seed(0)
-    enc = build_encoder(EncoderConfig("radar", d=32, n_tokens=4, options={"mid_points": 8})).eval()
+    enc = build_encoder(EncoderConfig("radar", d=32, n_tokens=4, options={"mid_points": 8, "bands": bands})).eval()
     pts = torch.tensor(rng.normal(size=(2, 30, 5)) * [0.4, 0.4, 0.8, 1.0, 10.0] + [0, 3, 0, 0, 40], dtype=torch.float32)
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[0, 18:] = False
@@ -174,6 +175,28 @@ def test_point_offsets_reach_theta_at_unit_scale_and_ignore_padding():
     pts2[0, 18:] = torch.tensor(rng.normal(size=(12, 5)) * 50, dtype=torch.float32)
     got = enc({**batch, "radar": pts2})
     assert torch.allclose(got.pooled, ref.pooled, atol=1e-5) and torch.allclose(got.tokens, ref.tokens, atol=1e-5)
+
+
+def test_point_fourier_features_match_their_definition_and_older_configs_have_none():
+    """sin and cos of each coordinate in metres at wavelengths min_wavelength x 2^k; a stage-one config written
+    before the option existed builds the encoder it was trained with (no bands, the same embedding width)."""
+    from encoders import EncoderConfig, build_encoder
+    from encoders.base import fourier_features
+    from pretrain.run import parse_config
+    from finetune.config import from_dict  # the loader of every saved config
+    enc = build_encoder(EncoderConfig("lidar", d=32, n_tokens=4, options={"bands": 3, "min_wavelength": 0.5}))
+    wavelengths = np.array([0.5, 1.0, 2.0])
+    assert np.allclose(enc.freqs.numpy(), 2 * np.pi / wavelengths)
+    x = torch.tensor([[0.125, 2.0, -0.3]])
+    got = fourier_features(x, enc.freqs)[0].numpy()
+    ang = np.array([[v * 2 * np.pi / w for w in wavelengths] for v in (0.125, 2.0, -0.3)])  # (3 coords, 3 bands)
+    assert np.allclose(got, np.concatenate([np.sin(ang).ravel(), np.cos(ang).ravel()]), atol=1e-6)
+    assert enc.embed[0].in_features == 4 + 3 + 18
+    assert BindingConfig().point_bands == 8 and parse_config(["--point-bands", "0"]).binding.point_bands == 0
+    legacy = from_dict(BindingConfig, {})
+    assert legacy.point_bands == 0
+    old = build_encoder(legacy.encoder_configs()["lidar"])
+    assert old.embed[0].in_features == 4 + 3 and len(old.freqs) == 0
 
 
 def test_standardised_points_are_unit_rms_and_invariant_to_room_scale():
