@@ -32,6 +32,7 @@ class FinetuneConfig:
     workers: int = 1
     shuffle_buffer: int = 300
     seed: int = 0
+    scene_shift: float = 0.3           # m: human training scenes (points + pose) moved by up to this in x, y
     resume: str | None = None
     val_max_samples: int = 1000     # per validation dataset (shards.stream.capped_batches)
     log_every: int = 10
@@ -43,8 +44,9 @@ class FinetuneConfig:
     progress: bool = True
 
     # runs written before the probe initialisation existed trained their heads from random weights; runs
-    # written before the encoders had their own learning rate trained them at the full one
-    LEGACY: ClassVar[dict[str, Any]] = {"head_init": "none", "encoder_lr_scale": 1.0}
+    # written before the encoders had their own learning rate trained them at the full one; and before the
+    # scene shift, without it
+    LEGACY: ClassVar[dict[str, Any]] = {"head_init": "none", "encoder_lr_scale": 1.0, "scene_shift": 0.0}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -31,6 +31,8 @@ TOP_HELP = {
     "workers": "DataLoader workers", "shuffle_buffer": "samples in the shuffle buffer", "seed": "random seed",
     "resume": "'latest' or a checkpoint directory", "val_max_samples": "validation samples per epoch, per dataset",
     "log_every": "steps between log lines", "stop_after_steps": "stop after this many steps (as if interrupted)",
+    "scene_shift": "metres: each human training sample's radar and LiDAR clouds and pose label are moved by one "
+                   "random x, y offset up to this (finetune/augment.py); 0: none",
     "fraction": "share of training labels used (0.1 = few-shot fine-tuning on 10 %%)",
     "encoders": "stage-one checkpoint (or run folder) to initialise the encoders; none = from scratch",
     "engine": "auto: DeepSpeed when started by its launcher, else the plain loop; plain; deepspeed",

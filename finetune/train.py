@@ -16,6 +16,7 @@ from tqdm import tqdm
 from airbind.checkpoint import (check_same_options, check_world_size, checkpoint_at, latest, load_model_weights,
                                load_state, save_state, versions, write_by_ranks)
 from airbind.paths import configure_tool_caches
+from finetune.augment import shift_human_scenes
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import majority_class, task_metrics
 from finetune.model import MMSenseModel
@@ -252,9 +253,12 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
                 break
             if i < skip:
                 continue
-            loss, res = engine.step(keep_fraction(batch, cfg.fraction))
-            for t, r in res.items():
-                train_labels.setdefault(t, []).extend(r["label"].detach().float().cpu().numpy())
+            batch = keep_fraction(batch, cfg.fraction)
+            shift = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])  # same on resume
+            loss, res = engine.step(shift_human_scenes(batch, cfg.scene_shift, shift))
+            for t, r in res.items():  # the trivial baselines' training labels: poses where they were recorded
+                label = batch["keypoints"][r["rows"].cpu()].flatten(1) if t == "hpe" else r["label"]
+                train_labels.setdefault(t, []).extend(label.detach().float().cpu().numpy())
             state.update(step=state["step"] + 1, epoch=epoch, batch_in_epoch=i + 1)
             bar.update(1)
             if rank == 0 and (state["step"] % cfg.log_every == 0 or i + 1 == cfg.steps_per_epoch):

@@ -577,6 +577,39 @@ def test_configs_before_the_encoder_learning_rate_keep_the_full_one():
     assert from_dict(FinetuneConfig, asdict(FinetuneConfig())).encoder_lr_scale == FinetuneConfig().encoder_lr_scale
 
 
+def test_scene_shift_moves_points_and_pose_together_and_nothing_else():
+    """Each human sample's valid radar / LiDAR points and keypoints move by one x, y offset within the bound;
+    heights, extra point channels, padding, images and vehicle samples stay as they were; the draw repeats for
+    the same seed; configs from before the option had no shift."""
+    from finetune.augment import shift_human_scenes
+    from finetune.config import from_dict
+    rng = np.random.default_rng(0)
+    b = 3
+    batch = {"radar": torch.tensor(rng.normal(size=(b, 6, 5)), dtype=torch.float32),
+             "radar_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3], dtype=torch.bool),
+             "lidar": torch.tensor(rng.normal(size=(b, 5, 4)), dtype=torch.float32),
+             "lidar_mask": torch.ones(b, 5, dtype=torch.bool),
+             "keypoints": torch.tensor(rng.normal(size=(b, 17, 3)), dtype=torch.float32),
+             "has_keypoints": torch.tensor([True, True, False]),
+             "image": torch.zeros(b, 3, 8, 8)}
+    batch["radar"][~batch["radar_mask"]] = 0.0
+    out = shift_human_scenes(batch, 0.3, torch.Generator().manual_seed(4))
+    again = shift_human_scenes(batch, 0.3, torch.Generator().manual_seed(4))
+    assert torch.equal(out["keypoints"], again["keypoints"])
+    off = (out["keypoints"] - batch["keypoints"])[:, 0, :2]
+    assert torch.allclose(out["keypoints"] - batch["keypoints"],
+                          torch.cat([off, torch.zeros(b, 1)], 1)[:, None, :].expand(b, 17, 3), atol=1e-6)
+    assert bool((off[:2].abs() <= 0.3).all()) and bool((off[:2].abs() > 0).all()) and torch.equal(off[2], torch.zeros(2))
+    for m in ("radar", "lidar"):
+        moved = out[m] - batch[m]
+        valid = batch[m + "_mask"]
+        assert torch.allclose(moved[..., :2][valid], off[:, None, :].expand(b, moved.shape[1], 2)[valid], atol=1e-6)
+        assert torch.equal(moved[..., :2][~valid], torch.zeros_like(moved[..., :2][~valid]))
+        assert torch.equal(moved[..., 2:], torch.zeros_like(moved[..., 2:]))
+    assert out["image"] is batch["image"] and shift_human_scenes(batch, 0.0, torch.Generator()) is batch
+    assert from_dict(FinetuneConfig, {"lr": 5e-4}).scene_shift == 0.0 and FinetuneConfig().scene_shift > 0
+
+
 def test_pose_baselines_from_training_labels():
     """MPJPE of the mean training pose, and its PA-MPJPE (aligned to each true pose): a pose that is the mean
     pose moved, turned and scaled has a PA baseline of 0 but a large MPJPE baseline."""
