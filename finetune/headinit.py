@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from finetune.model import MMSenseModel, pose_parts
+from finetune.model import MMSenseModel
 from finetune.significance import sequence_of
 
 
@@ -184,8 +184,9 @@ def positive_weight(y: torch.Tensor) -> float:
 
 def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tensor,
              groups: torch.Tensor) -> dict[str, float]:
-    """Fit ``task``'s head to head inputs ``x``, labels and sequence ids ``groups`` (rows); returns the
-    penalty (logistic) or alpha (ridge) chosen, or ``skipped`` = 1 when the rows cannot be fitted."""
+    """Fit ``task``'s head to head inputs ``x``, labels (for the pose: the head's target, the model's
+    ``goal``) and sequence ids ``groups`` (rows); returns the penalty (logistic) or alpha (ridge) chosen, or
+    ``skipped`` = 1 when the rows cannot be fitted."""
     kind = model.specs[task].kind
     if len(x) < 2:
         return {"skipped": 1.0}
@@ -204,7 +205,7 @@ def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tenso
         w, b = fit_logistic(s, y, classes, pw, lam)
         info = {"penalty": lam}
     else:  # the pose parts in units of their spread around their mean, as the loss compares them
-        goal = (pose_parts(label.double()) - model.hpe_mean.double().cpu()) / model.pose_scale().double().cpu()
+        goal = label.double()  # already the head's target (MMSenseModel.pose_goal), collected by the probe
         alpha = choose_alpha(s, goal, groups)
         w, b = fit_ridge(s, goal, alpha)
         info = {"alpha": alpha}
@@ -244,7 +245,7 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
                 _, results = model(batch)
                 seq = torch.tensor([zlib.crc32(sequence_of(k).encode()) for k in batch["key"]], dtype=torch.long)
                 for t, r in results.items():
-                    labels[t].append(r["label"].detach().float().cpu())
+                    labels[t].append(r.get("goal", r["label"]).detach().float().cpu())  # pose: the head's target
                     groups[t].append(seq[r["rows"].cpu()])
     finally:
         for h in hooks:

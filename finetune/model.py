@@ -5,7 +5,7 @@ sequential attention over intermediate layers (Eqs. 12-13) → task head; uncert
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,28 @@ def pose_parts(kp: torch.Tensor) -> torch.Tensor:
     relative to it (root-relative pose, as 3-D pose estimation usually separates them)."""
     j = kp.reshape(len(kp), 17, 3)
     return torch.cat([j[:, 0], (j[:, 1:] - j[:, :1]).reshape(len(kp), 48)], 1)
+
+
+def cloud_centre_xy(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the median x, y (m) of the valid LiDAR points, of the radar points where LiDAR has none,
+    and whether either cloud had a point: where the person the clouds show stands (the median is robust to a
+    minority of background points). Zeros where neither had one."""
+    centre, found = None, None
+    for m in ("lidar", "radar"):
+        if m not in batch:
+            continue
+        pts, mask = batch[m][..., :2].float(), batch[m + "_mask"].bool()
+        med = pts.masked_fill(~mask[..., None], float("nan")).nanmedian(dim=1).values
+        has = mask.any(1)
+        if centre is None:
+            centre, found = torch.where(has[:, None], med, torch.zeros_like(med)), has
+        else:
+            take = has & ~found
+            centre, found = torch.where(take[:, None], med, centre), found | has
+    if centre is None:
+        n = len(batch["has_keypoints"])
+        return torch.zeros(n, 2), torch.zeros(n, dtype=torch.bool)
+    return centre, found
 
 
 def pose_from_parts(parts: torch.Tensor) -> torch.Tensor:
@@ -113,6 +135,9 @@ class ModelConfig:
     feature_norm: bool = True   # standardise each modality's encoder outputs (FeatureStandardizer) before gating
     modality_dropout: float = 0.0  # training only: each present input of a (sample, task) hidden with this probability
     body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
+    pose_anchor: str = "points"  # points: the pelvis x, y predicted from the clouds' centre (cloud_centre_xy) | none
+    # what a config written before a field existed was trained with (read by finetune.config.from_dict)
+    LEGACY: ClassVar[dict] = {"pose_anchor": "none"}
 
 
 class MMSenseModel(nn.Module):
@@ -123,6 +148,8 @@ class MMSenseModel(nn.Module):
         check_no_leak(specs)
         if not 0.0 <= cfg.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout {cfg.modality_dropout}: must be in [0, 1)")
+        if cfg.pose_anchor not in ("points", "none"):
+            raise ValueError(f"pose_anchor {cfg.pose_anchor!r}: choose 'points' or 'none'")
         self.modalities = sorted({m for s in specs.values() for m in s.inputs} & set(cfg.binding.modalities))
         self.specs = specs
         for t in cfg.tasks:  # model slots of each task's inputs (ascending): the fusion's modality embeddings
@@ -167,6 +194,12 @@ class MMSenseModel(nn.Module):
         self.register_buffer("hpe_stats_ready", torch.tensor(False))
         self.register_buffer("hpe_mean", torch.zeros(17 * 3))
         self.register_buffer("hpe_scale", torch.ones(6))  # pelvis x, y, z; root-relative joints x, y, z
+        # pose_anchor "points": the head predicts the pelvis x, y relative to the centre of the person's point
+        # cloud, as point-cloud pose estimators regress around the cloud's centroid; the mean training pelvis
+        # x, y stands in where a sample has no point. Without it the pelvis comes from pooled features, and
+        # with few training subjects a held-out one was placed where the training subject of its room stood
+        if cfg.pose_anchor == "points":
+            self.register_buffer("hpe_root_xy", torch.zeros(2))
         # running label counts of the blockage task: the positive class (a rare event) is weighted by
         # negatives/positives in its cross-entropy, else the head settles on "never blocked"
         self.register_buffer("blockage_counts", torch.zeros(2, dtype=torch.long))  # integer: bf16 would stall
@@ -278,10 +311,10 @@ class MMSenseModel(nn.Module):
             if kind == "ce":
                 loss = F.cross_entropy(out, label)
             elif kind == "mse":  # pelvis and root-relative pose, each in units of its spread; output in metres
-                scale = self.pose_scale().to(out.dtype)
-                goal = (pose_parts(label) - self.hpe_mean) / scale
+                anchor = self.pose_anchor_xy(batch, rows[t])
+                goal = self.pose_goal(label, anchor)
                 loss = 0.5 * (F.mse_loss(out[:, :3], goal[:, :3]) + F.mse_loss(out[:, 3:], goal[:, 3:]))
-                out = pose_from_parts(self.hpe_mean + out * scale)
+                out = self.pose_output(out, anchor)
             else:
                 w = self.pos_weight()
                 loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label, pos_weight=w)
@@ -290,16 +323,24 @@ class MMSenseModel(nn.Module):
                 out = out - torch.log(w).to(out.dtype)
             losses[t] = loss * (n_local * world / counts[i]) if self.training else loss
             results[t] = {"rows": rows[t], "output": out, "label": label, "loss": loss}
+            if kind == "mse":
+                results[t]["goal"] = goal.detach()  # what the head is trained to output (the head probe fits it)
         total = self.loss(losses) if losses else sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         return total, results
 
     def label_stats(self, batch: dict, rows: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """Sums over this batch's labelled rows: pose count, Σx and Σx² per coordinate of :func:`pose_parts`
-        (51 each), blockage negatives and positives (zeros for a task without rows)."""
-        stats = torch.zeros(1 + 2 * 51 + 2, device=device)
+        (51 each), blockage negatives and positives, then the poses with a cloud centre: their count, Σ and Σ²
+        of pelvis x, y minus the centre (zeros for a task without rows)."""
+        stats = torch.zeros(1 + 2 * 51 + 2 + 5, device=device)
         if "hpe" in rows and bool(rows["hpe"].any()):
             kp = pose_parts(self.target("hpe", batch, rows["hpe"]).float())
             stats[0], stats[1:52], stats[52:103] = len(kp), kp.sum(0), kp.pow(2).sum(0)
+            if self.cfg.pose_anchor == "points":
+                centre, found = cloud_centre_xy(batch)
+                found = found[rows["hpe"]].to(device)
+                r = kp[found, :2] - centre[rows["hpe"]].to(device)[found]
+                stats[105], stats[106:108], stats[108:110] = len(r), r.sum(0), r.pow(2).sum(0)
         if "blockage" in rows and bool(rows["blockage"].any()):
             y = self.target("blockage", batch, rows["blockage"])
             stats[103], stats[104] = (y < 0.5).sum(), (y >= 0.5).sum()
@@ -313,10 +354,40 @@ class MMSenseModel(nn.Module):
         if "hpe" in self.heads and n > 0 and not bool(self.hpe_stats_ready):
             mean = stats[1:52] / n
             var = (stats[52:103] / n - mean.pow(2)).clamp(min=0)  # per coordinate, around the batch mean
+            if self.cfg.pose_anchor == "points":
+                self.hpe_root_xy.copy_(mean[:2])
+                if stats[105] > 0:  # the pelvis x, y relative to the cloud centre instead
+                    mean[:2] = stats[106:108] / stats[105]
+                    var[:2] = (stats[108:110] / stats[105] - mean[:2].pow(2)).clamp(min=0)
             self.hpe_mean.copy_(mean)
             self.hpe_scale.copy_(torch.cat([var[:3], var[3:].view(16, 3).mean(0)]).sqrt().clamp(min=0.02))
             self.hpe_stats_ready.fill_(True)
         self.blockage_counts += stats[103:105].round().long()
+
+    def pose_anchor_xy(self, batch: dict, rows: torch.Tensor) -> torch.Tensor | None:
+        """(rows, 2): the cloud centre of each row, the mean training pelvis x, y where the row has no point;
+        None without the anchor."""
+        if self.cfg.pose_anchor == "none":
+            return None
+        centre, found = cloud_centre_xy(batch)
+        pick = rows.to(centre.device)
+        centre, found = centre[pick].to(self.hpe_root_xy.device), found[pick].to(self.hpe_root_xy.device)
+        return torch.where(found[:, None], centre, self.hpe_root_xy)
+
+    def pose_goal(self, keypoints: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        """(N, 51) keypoints in metres → the head's target: pose parts (minus the anchor from the pelvis x, y)
+        minus their training mean, in units of their spread."""
+        parts = pose_parts(keypoints.float())
+        if anchor is not None:
+            parts = torch.cat([parts[:, :2] - anchor, parts[:, 2:]], 1)
+        return (parts - self.hpe_mean) / self.pose_scale()
+
+    def pose_output(self, out: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        """Inverse of :meth:`pose_goal`: the head's output → keypoints in metres (float32)."""
+        parts = self.hpe_mean + out.float() * self.pose_scale()
+        if anchor is not None:
+            parts = torch.cat([parts[:, :2] + anchor, parts[:, 2:]], 1)
+        return pose_from_parts(parts)
 
     def pose_scale(self) -> torch.Tensor:
         """The spread of each of the 51 pose parts: the pelvis per axis, then every joint's per-axis one."""

@@ -65,6 +65,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "/ transformer: a small baseline on the task's modality tokens (no gating, fusion or backbone)")
     add("--modality-dropout", d.model.modality_dropout, type=float, help="training only: hide each present input "
         "modality of a (sample, task) with this probability (ModDrop), so that no task leans on one modality")
+    add("--pose-anchor", d.model.pose_anchor, choices=["points", "none"], help="points: the pose head predicts "
+        "the pelvis x, y relative to the median of the LiDAR (else radar) points; none: from the features alone")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -98,6 +100,8 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
         model["task_layers"] = a.task_layers
     if "modality_dropout" in given:
         model["modality_dropout"] = a.modality_dropout
+    if "pose_anchor" in given:
+        model["pose_anchor"] = a.pose_anchor
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {list(TASKS)}")

@@ -47,9 +47,12 @@ def test_forward_shapes_and_label_masks(tiny_backbone, mixed_shards):
     loss.backward()
 
 
-def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone, mixed_shards):
+@pytest.mark.parametrize("anchor", ["points", "none"])
+def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone, mixed_shards, anchor):
+    """With the anchor, the pelvis x, y is learnt relative to the median of the sample's LiDAR points (radar
+    where LiDAR has none): its mean and spread are those of the pelvis minus that centre."""
     torch.manual_seed(0)
-    model = MMSenseModel(_cfg(tiny_backbone).model)
+    model = MMSenseModel(_cfg(tiny_backbone, pose_anchor=anchor).model)
     batch = _batch(mixed_shards, n=24)
     batch["blockage"][:6] = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # 2 positives, 4 negatives
     batch["blockage"][6:] = -1.0
@@ -57,16 +60,24 @@ def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone,
     _, res = model(batch)
     kp = res["hpe"]["label"].reshape(-1, 17, 3)
     root, rel = kp[:, 0], kp[:, 1:] - kp[:, :1]  # pelvis, and the other joints relative to it
-    spread = torch.cat([(root - root.mean(0)).pow(2).mean(0).sqrt(), (rel - rel.mean(0)).pow(2).mean((0, 1)).sqrt()])
+    centre = torch.zeros(len(kp), 2)
+    if anchor == "points":  # by hand: the median of each pose sample's valid LiDAR points
+        rows = res["hpe"]["rows"]
+        for i, (pts, mask) in enumerate(zip(batch["lidar"][rows], batch["lidar_mask"][rows])):
+            assert bool(mask.any())  # every twin frame has LiDAR points
+            centre[i] = pts[mask][:, :2].median(0).values
+        assert torch.allclose(model.hpe_root_xy, root[:, :2].mean(0), atol=1e-6)
+    local = torch.cat([root[:, :2] - centre, root[:, 2:]], 1)
+    spread = torch.cat([(local - local.mean(0)).pow(2).mean(0).sqrt(), (rel - rel.mean(0)).pow(2).mean((0, 1)).sqrt()])
     assert torch.allclose(model.hpe_scale, spread.clamp(min=0.02), rtol=1e-4)
-    assert torch.allclose(model.hpe_mean[:3], root.mean(0), atol=1e-6)
+    assert torch.allclose(model.hpe_mean[:3], local.mean(0), atol=1e-6)
     assert torch.allclose(model.hpe_mean[3:], rel.mean(0).reshape(-1), atol=1e-6)
     assert float(model.pos_weight()) == pytest.approx(2.0)
     r = res["hpe"]  # the pose loss: half pelvis, half root-relative MSE, each in units of its spread
     out = r["output"].reshape(-1, 17, 3)  # returned in metres
     err_root = ((out[:, 0] - root) / model.hpe_scale[:3]).pow(2).mean()
     err_rel = ((out[:, 1:] - out[:, :1] - rel) / model.hpe_scale[3:]).pow(2).mean()
-    assert float(r["loss"].detach()) == pytest.approx(float(0.5 * (err_root + err_rel)), rel=1e-4)
+    assert float(r["loss"].detach()) == pytest.approx(float((0.5 * (err_root + err_rel)).detach()), rel=1e-4)
     from finetune.model import pose_from_parts, pose_parts
     assert torch.allclose(pose_from_parts(pose_parts(r["label"])), r["label"], atol=1e-6)
     # the output is the log-odds under the training prior: the weighted loss sees it plus log w (w = 2)
@@ -609,6 +620,29 @@ def test_scene_shift_moves_points_and_pose_together_and_nothing_else():
     assert out["image"] is batch["image"] and shift_human_scenes(batch, 0.0, torch.Generator()) is batch
     assert from_dict(FinetuneConfig, {"lr": 5e-4}).scene_shift == 0.0 and FinetuneConfig().scene_shift > 0
 
+
+def test_cloud_centre_prefers_lidar_then_radar_and_older_configs_have_no_anchor():
+    """The centre is the median x, y of the valid LiDAR points (padding ignored), of the radar points where a
+    sample has no LiDAR point, and flagged missing where neither has one; the model then anchors such a row at
+    the mean training pelvis. A config saved before the option existed builds the model without the anchor."""
+    from finetune.config import from_dict
+    from finetune.model import ModelConfig, cloud_centre_xy
+    lidar = torch.tensor([[[1.0, 2.0, 0.5, 0], [3.0, 4.0, 0.5, 0], [2.0, 9.0, 0.5, 0], [99.0, 99.0, 0, 0]],
+                          [[0.0, 0.0, 0.0, 0]] * 4, [[0.0, 0.0, 0.0, 0]] * 4])
+    lidar_mask = torch.tensor([[True, True, True, False], [False] * 4, [False] * 4])
+    radar = torch.tensor([[[50.0, 50.0, 0, 0, 0]] * 2, [[-1.0, 5.0, 0, 0, 0], [-3.0, 7.0, 0, 0, 0]],
+                          [[0.0, 0.0, 0, 0, 0]] * 2])
+    radar_mask = torch.tensor([[True, True], [True, True], [False, False]])
+    batch = {"lidar": lidar, "lidar_mask": lidar_mask, "radar": radar, "radar_mask": radar_mask,
+             "has_keypoints": torch.ones(3, dtype=torch.bool)}
+    centre, found = cloud_centre_xy(batch)
+    assert torch.equal(found, torch.tensor([True, True, False]))
+    assert torch.equal(centre[0], torch.tensor([2.0, 4.0]))  # per axis, the padded (99, 99) left out
+    assert torch.equal(centre[1], torch.tensor([-3.0, 5.0]))  # radar; even count: the lower middle value
+    assert torch.equal(centre[2], torch.zeros(2))
+    assert from_dict(ModelConfig, {"gating": True}).pose_anchor == "none" and ModelConfig().pose_anchor == "points"
+    with pytest.raises(ValueError, match="pose_anchor"):
+        MMSenseModel(ModelConfig(pose_anchor="centroid", use_backbone=False))
 
 def test_pose_baselines_from_training_labels():
     """MPJPE of the mean training pose, and its PA-MPJPE (aligned to each true pose): a pose that is the mean
