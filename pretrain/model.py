@@ -27,7 +27,7 @@ class BindingConfig:
     image_norm: str = "group"  # group | batch (batch: ImageNet checkpoints; SyncBatchNorm on multi-GPU)
     image_checkpoint: str | None = None
     coord_scale: float = 10.0
-    point_bands: int = 8     # Fourier bands of the radar / LiDAR coordinates (0.25 m to 32 m wavelengths; 0: none)
+    point_bands: int = 0     # Fourier bands of the radar / LiDAR coordinates (0.25 m x 2^k wavelengths; 0: none)
     init_temperature: float = 0.07
     wifi_window: int = 9     # previous CSI frames the WiFi encoder reads with each frame (0: the frame alone)
     # what a checkpoint's config written before a field existed was trained with (read by from_dict)

@@ -192,7 +192,7 @@ def test_point_fourier_features_match_their_definition_and_older_configs_have_no
     ang = np.array([[v * 2 * np.pi / w for w in wavelengths] for v in (0.125, 2.0, -0.3)])  # (3 coords, 3 bands)
     assert np.allclose(got, np.concatenate([np.sin(ang).ravel(), np.cos(ang).ravel()]), atol=1e-6)
     assert enc.embed[0].in_features == 4 + 3 + 18
-    assert BindingConfig().point_bands == 8 and parse_config(["--point-bands", "0"]).binding.point_bands == 0
+    assert BindingConfig().point_bands == 0 and parse_config(["--point-bands", "8"]).binding.point_bands == 8
     legacy = from_dict(BindingConfig, {})
     assert legacy.point_bands == 0
     old = build_encoder(legacy.encoder_configs()["lidar"])
