@@ -120,7 +120,7 @@ class PointTransformerEncoder(nn.Module):
         self.mid_points, self.n_tokens = int(o.get("mid_points", 64)), cfg.n_tokens
         bands = int(o.get("bands", 0))
         wavelengths = float(o.get("min_wavelength", 0.25)) * 2.0 ** torch.arange(bands, dtype=torch.float32)
-        self.register_buffer("freqs", 2 * torch.pi / wavelengths)
+        self.register_buffer("freqs", 2 * torch.pi / wavelengths, persistent=False)  # from the config
         self.embed = nn.Sequential(nn.Linear(self.in_channels + 3 + 6 * bands, d // 2), nn.ReLU(),
                                    nn.Linear(d // 2, d // 2))
         self.block1 = PointTransformerLayer(d // 2, k)
