@@ -28,9 +28,16 @@ from encoders.fps import farthest_point_sampling
 def knn(query: torch.Tensor, ref: torch.Tensor, ref_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (B, M, k) of the k nearest valid reference points, and which of them are valid.
 
-    Squared distances as |q|^2 + |r|^2 - 2 q.r (one matmul; ``torch.cdist`` has no ONNX export)."""
-    d = (query.pow(2).sum(-1, keepdim=True) + ref.pow(2).sum(-1)[:, None, :]
-         - 2.0 * query @ ref.transpose(1, 2)).clamp_min(0.0)
+    Squared distances as ((dx² + dy²) + dz²) of the coordinate differences, the arithmetic of
+    :func:`encoders.fps.fps_reference`: elementwise and exactly rounded, so an exported program (ONNX Runtime)
+    computes the same bits and picks the same neighbours. The matmul form |q|² + |r|² - 2 q·r cancels
+    catastrophically for near points, and two backends' matmuls round differently: on a twin LiDAR cloud a near
+    tie at the k-th neighbour flipped, and the exported beam logits differed from eager by 2.4e-3.
+    (``torch.cdist`` has no ONNX export.)"""
+    d = None
+    for c in range(3):  # one (B, M, N) difference at a time: a third of the memory of all three at once
+        dc = query[:, :, c, None] - ref[:, None, :, c]
+        d = dc * dc if d is None else d + dc * dc
     d = d.masked_fill(~ref_mask[:, None, :], float("inf"))
     k = min(k, ref.shape[1])
     dist, idx = d.topk(k, dim=-1, largest=False)

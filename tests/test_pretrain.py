@@ -84,6 +84,20 @@ def test_knn_picks_the_nearest_valid_points():
             assert valid[b, i].tolist() == [True] * n_valid + [False] * (4 - n_valid)
 
 
+def test_knn_ranks_close_neighbours_exactly_far_from_the_origin():
+    """Neighbours millimetres apart, 100 m from the origin, ranked as float64 ranks them: the search does not
+    lose them to cancellation (as |q|^2 + |r|^2 - 2 q.r does), so an exported model picks the same ones."""
+    from encoders.points import knn
+    rng = np.random.default_rng(2)
+    ref = np.array([100.0, -80.0, 10.0]) + rng.normal(size=(1, 40, 3)) * 0.01
+    ref32 = ref.astype(np.float32)
+    idx, _ = knn(torch.tensor(ref32[:, :5]), torch.tensor(ref32), torch.ones(1, 40, dtype=torch.bool), k=8)
+    ref64 = ref32.astype(np.float64)  # the same float32 points, distances in float64
+    for i in range(5):
+        d = ((ref64[0] - ref64[0, i]) ** 2).sum(1)
+        assert sorted(idx[0, i].tolist()) == sorted(np.argsort(d, kind="stable")[:8].tolist())
+
+
 def test_farthest_point_sampling_matches_its_definition():
     """Each pick is the valid point farthest from all earlier picks; padding is never picked for real."""
     from encoders.points import farthest_point_sampling
