@@ -63,10 +63,15 @@ def pa_mpjpe_mm(pred: np.ndarray, true: np.ndarray) -> float:
     return float(pa_mpjpe_per_frame_mm(pred, true).mean())
 
 
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the recalls of the classes present: with two classes 0.5 for any constant decision (the
+    majority class included)."""
+    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
 def binary_metrics(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     pred = (prob >= 0.5).astype(int)
-    out = {"accuracy": float((pred == labels).mean()),
-           "balanced_accuracy": float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)])),
+    out = {"accuracy": float((pred == labels).mean()), "balanced_accuracy": balanced_accuracy(pred, labels),
            "f1": float(f1_score(labels, pred, zero_division=0))}
     out["auc"] = float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
     return out

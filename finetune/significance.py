@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from finetune.metrics import majority_class, mpjpe_per_frame_mm, pa_mpjpe_per_frame_mm
+from finetune.metrics import balanced_accuracy, majority_class, mpjpe_per_frame_mm, pa_mpjpe_per_frame_mm
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -56,12 +56,6 @@ def _auc(prob: np.ndarray, labels: np.ndarray) -> float:
     pos = labels == 1
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Mean of the recalls of the two classes: 0.5 for any constant decision (the majority class included)."""
-    pos = labels == 1
-    return float(0.5 * ((pred[pos] == 1).mean() + (pred[~pos] == 0).mean()))
 
 
 def two_class_interval(stat, score: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_boot: int = N_BOOT,
