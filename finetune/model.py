@@ -331,9 +331,12 @@ class MMSenseModel(nn.Module):
     def label_stats(self, batch: dict, rows: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """Sums over this batch's labelled rows: pose count, Σx and Σx² per coordinate of :func:`pose_parts`
         (51 each), blockage negatives and positives, then the poses with a cloud centre: their count, Σ and Σ²
-        of pelvis x, y minus the centre (zeros for a task without rows)."""
+        of pelvis x, y minus the centre (zeros for a task without rows, and for poses once their statistics are
+        fixed)."""
         stats = torch.zeros(1 + 2 * 51 + 2 + 5, device=device)
-        if "hpe" in rows and bool(rows["hpe"].any()):
+        # the pose statistics are fixed by the first batch with poses (on every rank at once: the flag is
+        # global): later batches skip them, and the cloud centre is computed once per step, for the anchor
+        if "hpe" in rows and not bool(self.hpe_stats_ready) and bool(rows["hpe"].any()):
             kp = pose_parts(self.target("hpe", batch, rows["hpe"]).float())
             stats[0], stats[1:52], stats[52:103] = len(kp), kp.sum(0), kp.pow(2).sum(0)
             if self.cfg.pose_anchor == "points":
