@@ -75,19 +75,6 @@ def cloud_centre_xy(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return centre, found
 
 
-def embedding_rms(backbone: nn.Module) -> torch.Tensor:
-    """The median RMS of the backbone's input token embeddings (float32 scalar): the scale its first layer was
-    trained to read.
-
-    The fused tokens (a LayerNorm and a linear map) enter the backbone at their own scale, on the demo 5-6 x
-    the RMS of SmolLM2's token embeddings. At one seed of three that drove the fused positions' states into
-    massive activations (median norm 718 at layer 3 against 77 at seed 0), nearly the same vector for every
-    sample, and HAR, read from those states, collapsed to one class. Each fused token is rescaled to
-    this RMS instead (``token_scale="embedding"``)."""
-    w = backbone.get_input_embeddings().weight.detach().float()
-    return w.pow(2).mean(-1).sqrt().median()
-
-
 def pose_from_parts(parts: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pose_parts`."""
     root = parts[:, :3]
@@ -149,9 +136,8 @@ class ModelConfig:
     modality_dropout: float = 0.0  # training only: each present input of a (sample, task) hidden with this probability
     body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
     pose_anchor: str = "points"  # points: the pelvis x, y predicted from the clouds' centre (cloud_centre_xy) | none
-    token_scale: str = "embedding"  # embedding: fused tokens at the RMS of the backbone's token embeddings | none
     # what a config written before a field existed was trained with (read by finetune.config.from_dict)
-    LEGACY: ClassVar[dict] = {"pose_anchor": "none", "token_scale": "none"}
+    LEGACY: ClassVar[dict] = {"pose_anchor": "none"}
 
 
 class MMSenseModel(nn.Module):
@@ -164,8 +150,6 @@ class MMSenseModel(nn.Module):
             raise ValueError(f"modality_dropout {cfg.modality_dropout}: must be in [0, 1)")
         if cfg.pose_anchor not in ("points", "none"):
             raise ValueError(f"pose_anchor {cfg.pose_anchor!r}: choose 'points' or 'none'")
-        if cfg.token_scale not in ("embedding", "none"):
-            raise ValueError(f"token_scale {cfg.token_scale!r}: choose 'embedding' or 'none'")
         self.modalities = sorted({m for s in specs.values() for m in s.inputs} & set(cfg.binding.modalities))
         self.specs = specs
         for t in cfg.tasks:  # model slots of each task's inputs (ascending): the fusion's modality embeddings
@@ -189,8 +173,6 @@ class MMSenseModel(nn.Module):
                 self.register_buffer(f"instr_{t}", torch.tensor(ids, dtype=torch.long), persistent=False)
                 self.register_buffer(f"positions_{t}", task_positions(self.task_slots(t), len(self.modalities),
                                                                       cfg.binding.n_tokens, len(ids)), persistent=False)
-            if cfg.token_scale == "embedding":
-                self.register_buffer("token_rms", embedding_rms(self.backbone))
         else:
             self.backbone, hidden, layers = None, cfg.binding.d, [0]
         self.hidden = hidden
@@ -222,14 +204,6 @@ class MMSenseModel(nn.Module):
         # negatives/positives in its cross-entropy, else the head settles on "never blocked"
         self.register_buffer("blockage_counts", torch.zeros(2, dtype=torch.long))  # integer: bf16 would stall
         self.last_gates: dict[str, torch.Tensor] = {}
-
-    def scale_tokens(self, fused: torch.Tensor) -> torch.Tensor:
-        """The fused tokens as they enter the backbone: each at the RMS of its token embeddings
-        (:func:`embedding_rms`) with ``token_scale="embedding"``, as they are with ``"none"``."""
-        if self.cfg.token_scale != "embedding":
-            return fused
-        rms = fused.float().pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
-        return fused * (self.token_rms / rms).to(fused.dtype)
 
     def task_slots(self, task: str) -> list[int]:
         """Indices in ``self.modalities`` of the modalities ``task`` reads, ascending."""
@@ -277,7 +251,6 @@ class MMSenseModel(nn.Module):
         if self.backbone is None:  # ablation: fusion straight to the head
             feat = (fused * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
             return self.heads[task](feat)
-        fused = self.scale_tokens(fused)
         ids = getattr(self, f"instr_{task}")
         instr = self.backbone.get_input_embeddings()(ids)[None].expand(len(weights), -1, -1)
         x = torch.cat([fused, instr.to(fused.dtype)], 1)

@@ -67,8 +67,6 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "modality of a (sample, task) with this probability (ModDrop), so that no task leans on one modality")
     add("--pose-anchor", d.model.pose_anchor, choices=["points", "none"], help="points: the pose head predicts "
         "the pelvis x, y relative to the median of the LiDAR (else radar) points; none: from the features alone")
-    add("--token-scale", d.model.token_scale, choices=["embedding", "none"], help="embedding: each fused token "
-        "enters the backbone at the median RMS of its token embeddings; none: at the fusion's own scale")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -104,8 +102,6 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
         model["modality_dropout"] = a.modality_dropout
     if "pose_anchor" in given:
         model["pose_anchor"] = a.pose_anchor
-    if "token_scale" in given:
-        model["token_scale"] = a.token_scale
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
