@@ -23,7 +23,9 @@ The probe reads the LayerNorm's output standardised per channel over the probe r
 folded into the Linear weights, so the model's layout does not change. Rows come from every rank (padded
 ``all_gather``) in rank order, and every rank fits the same heads from them. The first probe batch is read
 in training mode, so it is the batch that fixes the feature standardisation and label statistics (as the first
-training batch otherwise does); the probe rows are read in evaluation mode (no modality dropout)."""
+training batch otherwise does); the probe rows are read in evaluation mode (no modality dropout). The pose
+statistics are then refitted to every pose the probe read (:meth:`MMSenseModel.refit_pose_stats`): one
+batch's few sequences can put the pelvis spread near its floor."""
 from __future__ import annotations
 
 import itertools
@@ -257,6 +259,9 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
         y = torch.cat(labels[t]) if labels[t] else torch.zeros((0, 51) if model.specs[t].kind == "mse" else 0)
         g = torch.cat(groups[t]) if groups[t] else torch.zeros(0, dtype=torch.long)
         x, y, g = (_gather_rows(v, world, device or torch.device("cpu")) for v in (x, y, g))
+        if model.specs[t].kind == "mse" and len(y) > 1:  # every rank gathered the same rows: the same statistics
+            y = model.refit_pose_stats(y)
+            out.update({f"head_init/{t}/pelvis_spread_{a}_m": float(v) for a, v in zip("xyz", model.hpe_scale[:3])})
         out[f"head_init/{t}/rows"] = float(len(x))
         out.update({f"head_init/{t}/{k}": v for k, v in fit_head(model, t, x, y, g).items()})
     return out
