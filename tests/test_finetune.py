@@ -661,3 +661,25 @@ def test_pose_baselines_from_training_labels():
     from finetune.metrics import pa_mpjpe_mm
     assert pa_mpjpe_mm(mean[None], moved[None]) < 1e-6
     assert out["hpe/baseline_pa_mpjpe_mm"] == pytest.approx(pa_mpjpe_mm(mean[None], other[None]) / 2)
+
+
+def test_probe_refits_pose_statistics_to_all_its_poses(tiny_backbone):
+    """refit_pose_stats: targets under one small batch's statistics become targets under the statistics of all
+    rows (mean 0, per-axis spread of the pelvis), and the poses they stand for do not change."""
+    from finetune.model import pose_parts
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone).model)
+    kp, anchor = torch.randn(40, 51) * 0.3 + 1.0, torch.randn(40, 2) * 0.1
+    parts = pose_parts(kp)
+    parts[:, :2] -= anchor
+    first = parts[:3]  # what a first batch of three frames would fix
+    var = first.var(0, unbiased=False)
+    model.hpe_mean.copy_(first.mean(0))
+    model.hpe_scale.copy_(torch.cat([var[:3], var[3:].view(16, 3).mean(0)]).sqrt().clamp(min=0.02))
+    goal = model.pose_goal(kp, anchor)
+    new = model.refit_pose_stats(goal)
+    assert torch.allclose(model.pose_output(new, anchor), kp, atol=1e-4)
+    assert torch.allclose(model.hpe_mean, parts.mean(0), atol=1e-5)
+    assert torch.allclose(model.hpe_scale[:3], parts[:, :3].std(0, unbiased=False), atol=1e-5)
+    assert torch.allclose(new.mean(0), torch.zeros(51), atol=1e-5)
+    assert float(new[:, :3].std(0, unbiased=False).max()) == pytest.approx(1.0, abs=1e-4)
