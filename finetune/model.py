@@ -53,6 +53,12 @@ def pose_parts(kp: torch.Tensor) -> torch.Tensor:
     return torch.cat([j[:, 0], (j[:, 1:] - j[:, :1]).reshape(len(kp), 48)], 1)
 
 
+def pose_spread(var: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate variances (51) of the pose parts → ``hpe_scale`` (6): the pelvis's spread per axis, then the
+    root-relative joints' spread per axis pooled over the 16 joints, each at least 2 cm."""
+    return torch.cat([var[:3], var[3:].view(16, 3).mean(0)]).sqrt().clamp(min=0.02)
+
+
 def cloud_centre_xy(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample, the median x, y (m) of the valid LiDAR points, of the radar points where LiDAR has none,
     and whether either cloud had a point: where the person the clouds show stands (the median is robust to a
@@ -363,7 +369,7 @@ class MMSenseModel(nn.Module):
                     mean[:2] = stats[106:108] / stats[105]
                     var[:2] = (stats[108:110] / stats[105] - mean[:2].pow(2)).clamp(min=0)
             self.hpe_mean.copy_(mean)
-            self.hpe_scale.copy_(torch.cat([var[:3], var[3:].view(16, 3).mean(0)]).sqrt().clamp(min=0.02))
+            self.hpe_scale.copy_(pose_spread(var))
             self.hpe_stats_ready.fill_(True)
         self.blockage_counts += stats[103:105].round().long()
 
@@ -372,7 +378,7 @@ class MMSenseModel(nn.Module):
         """Pose targets (N, 51) of :meth:`pose_goal` under the current statistics → the same poses' targets
         under statistics refitted to all N rows (``hpe_mean`` and ``hpe_scale`` are replaced). The head probe
         calls it with every training pose it read: the first batch with poses holds a few frames of one or
-        two sequences, and on the demo its spread of the pelvis about the cloud centre ranged from 0.021 m
+        two sequences, and on the demo its spread of the pelvis y about the cloud centre ranged from 0.021 m
         to 0.42 m between seeds; at 0.021 the pose loss started near 49 against 0.85, drowned the other
         tasks' gradients in the shared layers, and HAR collapsed to one class."""
         scale, mean = self.pose_scale().double().cpu(), self.hpe_mean.double().cpu()
@@ -380,7 +386,7 @@ class MMSenseModel(nn.Module):
         new_mean = parts.mean(0)
         var = parts.var(0, unbiased=False)
         self.hpe_mean.copy_(new_mean.to(self.hpe_mean))
-        self.hpe_scale.copy_(torch.cat([var[:3], var[3:].view(16, 3).mean(0)]).sqrt().clamp(min=0.02).to(self.hpe_scale))
+        self.hpe_scale.copy_(pose_spread(var).to(self.hpe_scale))
         return ((parts - new_mean) / self.pose_scale().double().cpu()).to(goal)
 
     def pose_anchor_xy(self, batch: dict, rows: torch.Tensor) -> torch.Tensor | None:

@@ -666,7 +666,7 @@ def test_pose_baselines_from_training_labels():
 def test_probe_refits_pose_statistics_to_all_its_poses(tiny_backbone):
     """refit_pose_stats: targets under one small batch's statistics become targets under the statistics of all
     rows (mean 0, per-axis spread of the pelvis), and the poses they stand for do not change."""
-    from finetune.model import pose_parts
+    from finetune.model import pose_parts, pose_spread
     torch.manual_seed(0)
     model = MMSenseModel(_cfg(tiny_backbone).model)
     kp, anchor = torch.randn(40, 51) * 0.3 + 1.0, torch.randn(40, 2) * 0.1
@@ -675,7 +675,7 @@ def test_probe_refits_pose_statistics_to_all_its_poses(tiny_backbone):
     first = parts[:3]  # what a first batch of three frames would fix
     var = first.var(0, unbiased=False)
     model.hpe_mean.copy_(first.mean(0))
-    model.hpe_scale.copy_(torch.cat([var[:3], var[3:].view(16, 3).mean(0)]).sqrt().clamp(min=0.02))
+    model.hpe_scale.copy_(pose_spread(var))
     goal = model.pose_goal(kp, anchor)
     new = model.refit_pose_stats(goal)
     assert torch.allclose(model.pose_output(new, anchor), kp, atol=1e-4)
