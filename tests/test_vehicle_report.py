@@ -1,11 +1,11 @@
 """The vehicle twin report's reading of its blockage column: passes in time order, and how predictable the
-future-blockage label is (majority, persistence, run lengths) by hand."""
+future-blockage label is (majority, persistence, run lengths), and the radar bearing error, by hand."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from twin.vehicle_report import blockage_predictability, blockage_series
+from twin.vehicle_report import bearing_error, blockage_predictability, blockage_series
 
 
 def test_blockage_series_are_passes_in_time_order(tmp_path):
@@ -35,3 +35,12 @@ def test_blockage_predictability_within_the_horizon_by_hand():
     assert got["majority_accuracy"] == pytest.approx(4 / 7)
     # frame t's state: [0,0,1,1,0,0] + [1] against [1,1,1,0,0,0] + [1]
     assert got["persistence_accuracy"] == pytest.approx(4 / 7)
+
+
+def test_radar_bearing_error_takes_the_nearest_moving_point_by_hand():
+    # x across the boresight, y along it: azimuths 45, -45 and 0 deg; the 0-deg point is static (Doppler 0.1)
+    points = np.array([[10, 10, 0, 3.0, 20], [-5, 5, 0, -1.0, 30], [0, 8, 0, 0.1, 40]], np.float32)
+    assert bearing_error(points, 40.0) == pytest.approx(5.0, abs=1e-4)
+    assert bearing_error(points, -30.0) == pytest.approx(-15.0, abs=1e-4)
+    assert abs(bearing_error(points, 0.0)) == pytest.approx(45.0, abs=1e-4)  # the static point does not count
+    assert np.isnan(bearing_error(points[2:], 0.0)) and np.isnan(bearing_error(np.zeros((0, 5)), 0.0))
