@@ -5,7 +5,7 @@ sequential attention over intermediate layers (Eqs. 12-13) → task head; uncert
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ TASKS: dict[str, TaskSpec] = {
     "blockage": TaskSpec(("past_beam", "image", "radar", "lidar"), 1, "bce",
                          "Predict whether the line of sight will be blocked in the near future."),
 }
+LABEL_STATS = 1 + 2 * 51 + 2 + 5  # the length of MMSenseModel.label_stats: poses, blockage classes, pelvis - centre
 # the modality holding (or trivially revealing) each task's label: never an input of that task
 LABEL_MODALITY = {"beam": "beam", "blockage": "beam", "har": None, "hpe": None}
 
@@ -276,11 +277,7 @@ class MMSenseModel(nn.Module):
         encoder-output statistics of :class:`FeatureStandardizer` are global too, so every rank keeps the same
         buffers. Every rank calls ``reduce`` exactly once per training step."""
         enc = {m: self.encoders[m](batch) for m in self.modalities if m in batch}
-        rows = {}
-        for t in self.cfg.tasks:
-            inputs = [m for m in self.specs[t].inputs if m in enc]
-            if inputs:
-                rows[t] = label_rows(t, batch) & torch.stack([batch["present"][m] for m in inputs]).any(0)
+        rows = {t: r for t in self.cfg.tasks if (r := self.task_rows(t, batch, enc)) is not None}
         device = next(iter(enc.values())).pooled.device if enc else torch.device("cpu")
         counts = torch.stack([rows[t].sum() if t in rows else torch.zeros((), device=device, dtype=torch.long)
                               for t in self.cfg.tasks]).float()
@@ -334,12 +331,20 @@ class MMSenseModel(nn.Module):
         total = self.loss(losses) if losses else sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         return total, results
 
+    def task_rows(self, task: str, batch: dict, available: Iterable[str]) -> torch.Tensor | None:
+        """Rows of ``batch`` labelled for ``task`` with at least one of its inputs present, among the
+        ``available`` modalities (those encoded); None when the task has no input among them."""
+        inputs = [m for m in self.specs[task].inputs if m in available]
+        if not inputs:
+            return None
+        return label_rows(task, batch) & torch.stack([batch["present"][m] for m in inputs]).any(0)
+
     def label_stats(self, batch: dict, rows: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """Sums over this batch's labelled rows: pose count, Σx and Σx² per coordinate of :func:`pose_parts`
         (51 each), blockage negatives and positives, then the poses with a cloud centre: their count, Σ and Σ²
         of pelvis x, y minus the centre (zeros for a task without rows, and for poses once their statistics are
         fixed)."""
-        stats = torch.zeros(1 + 2 * 51 + 2 + 5, device=device)
+        stats = torch.zeros(LABEL_STATS, device=device)
         # the pose statistics are fixed by the first batch with poses (on every rank at once: the flag is
         # global): later batches skip them, and the cloud centre is computed once per step, for the anchor
         if "hpe" in rows and not bool(self.hpe_stats_ready) and bool(rows["hpe"].any()):
@@ -357,8 +362,9 @@ class MMSenseModel(nn.Module):
 
     @torch.no_grad()
     def observe(self, stats: torch.Tensor) -> None:
-        """Data-dependent statistics from training labels (:meth:`label_stats`, summed over ranks): the pose
-        output's offset and scales from the first batch with poses, the blockage class counts (running)."""
+        """Data-dependent statistics from training labels (:meth:`label_stats`, summed over ranks, or over the
+        batches of ``finetune.train.pose_stats_from_labels``): the pose output's offset and scales from the
+        first call with poses (training sets them before its first step), the blockage class counts (running)."""
         n = stats[0]
         if "hpe" in self.heads and n > 0 and not bool(self.hpe_stats_ready):
             mean = stats[1:52] / n

@@ -19,7 +19,7 @@ from airbind.paths import configure_tool_caches
 from finetune.augment import shift_human_scenes
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import majority_class, task_metrics
-from finetune.model import MMSenseModel
+from finetune.model import LABEL_STATS, MMSenseModel
 from finetune.significance import compare_to_baselines
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
@@ -174,23 +174,52 @@ def load_model(ckpt: Path) -> tuple[MMSenseModel, FinetuneConfig]:
     return model.eval(), cfg
 
 
-def probe_heads(engine, cfg: FinetuneConfig, roots: list[Path]) -> dict[str, float]:
-    """Fit the task heads by a linear probe (LP-FT, :mod:`finetune.headinit`) on at most
-    ``cfg.head_init_samples`` training samples, each read once (:func:`shards.stream.one_pass_batches`:
-    a training split smaller than its share is read whole), shuffled in their own seeded order; with
-    ``--fraction`` only the kept labels count."""
-    from finetune.headinit import init_heads_by_probe
+def probe_batches(engine, cfg: FinetuneConfig, roots: list[Path]):
+    """At most ``cfg.head_init_samples`` training samples, each read once (:func:`shards.stream.one_pass_batches`:
+    a training split smaller than its share is read whole), shuffled in their own seeded order, one batch at a
+    time on the engine's device; with ``--fraction`` only the kept labels count."""
     micro = cfg.batch_size // engine.world_size
     stream = stream_config(cfg, micro, -1, True, cfg.model.binding.modalities)  # its shuffle buffer and seed
+    for batch in one_pass_batches(split_dirs(roots, "train"), stream, cfg.head_init_samples, engine.rank,
+                                  engine.world_size):
+        yield to_device(keep_fraction(batch, cfg.fraction), engine.device)
 
-    def batches():  # one at a time: only the heads' inputs are kept
-        for batch in one_pass_batches(split_dirs(roots, "train"), stream, cfg.head_init_samples, engine.rank,
-                                      engine.world_size):
-            yield to_device(keep_fraction(batch, cfg.fraction), engine.device)
+
+def probe_heads(engine, cfg: FinetuneConfig, roots: list[Path]) -> dict[str, float]:
+    """Fit the task heads by a linear probe (LP-FT, :mod:`finetune.headinit`) on :func:`probe_batches`."""
+    from finetune.headinit import init_heads_by_probe
     t0 = time.perf_counter()
     with engine.autocast():
-        info = init_heads_by_probe(engine.module, batches(), engine.reduce, engine.world_size, engine.device)
+        info = init_heads_by_probe(engine.module, probe_batches(engine, cfg, roots), engine.reduce,
+                                   engine.world_size, engine.device)
     return {**info, "head_init/seconds": time.perf_counter() - t0}
+
+
+def pose_stats_from_labels(engine, cfg: FinetuneConfig, roots: list[Path]) -> dict[str, float]:
+    """Without the probe (``--head-init none``): fix the pose statistics (:meth:`MMSenseModel.observe`) from
+    every pose among :func:`probe_batches` before the first step, reading labels and point clouds only (no
+    forward pass). Otherwise the first training batch with poses would fix them, and its few sequences can
+    put the pelvis spread near its floor (the failure :meth:`MMSenseModel.refit_pose_stats` mends for the
+    probe). The blockage class counts still come from the training batches."""
+    model = engine.module
+    if "hpe" not in model.heads:
+        return {}
+    t0, total = time.perf_counter(), None
+    for batch in probe_batches(engine, cfg, roots):
+        rows = model.task_rows("hpe", batch, [m for m in model.modalities if m in batch])
+        if rows is None:
+            continue
+        stats = model.label_stats(batch, {"hpe": rows}, engine.device).double()
+        total = stats if total is None else total + stats
+    if total is None:
+        total = torch.zeros(LABEL_STATS, dtype=torch.float64, device=engine.device)
+    if engine.reduce is not None:
+        total = engine.reduce(total)  # every rank calls it once, with or without poses of its own
+    total[103:105] = 0  # blockage counts: from the training batches, as before
+    model.observe(total.float())
+    spread = model.hpe_scale[:3].tolist()
+    return {"pose_stats/poses": float(total[0]), "pose_stats/seconds": time.perf_counter() - t0,
+            **{f"pose_stats/pelvis_spread_{a}_m": float(v) for a, v in zip("xyz", spread)}}
 
 
 def train(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -208,9 +237,9 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if not cfg.resume and latest(out / "checkpoints") is not None:
         raise FileExistsError(f"{out} already holds a run; pass --resume latest or choose another --out")
-    probed: dict[str, float] = {}  # a resumed run has its heads in the checkpoint
-    prepare = (lambda eng: probed.update(probe_heads(eng, cfg, roots))) if (
-        not cfg.resume and cfg.head_init == "probe") else None
+    probed: dict[str, float] = {}  # a resumed run has its heads and pose statistics in the checkpoint
+    first = probe_heads if cfg.head_init == "probe" else pose_stats_from_labels
+    prepare = None if cfg.resume else (lambda eng: probed.update(first(eng, cfg, roots)))
     engine = make_engine(build_model(cfg), cfg, prepare)
     model, rank = engine.module, engine.rank
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0}

@@ -246,3 +246,28 @@ def test_two_ranks_fit_the_heads_of_one(tiny_backbone, mixed_shards, tmp_path):
     assert infos[1]["head_init/beam/rows"] > 0 and "head_init/har/skipped" not in infos[1]
     for name, w in heads[1].items():
         assert torch.allclose(w.double(), heads[2][name].double(), rtol=1e-3, atol=1e-4), name
+
+
+def test_without_the_probe_the_pose_statistics_come_from_every_pose_it_would_read(tiny_backbone, mixed_shards):
+    """--head-init none: before the first step, the pose mean and spread are those of every training pose
+    among the samples the probe would read (here the whole split), not of the first batch's few frames."""
+    from types import SimpleNamespace
+
+    from finetune.config import merge
+    from finetune.model import pose_parts, pose_spread
+    from finetune.train import pose_stats_from_labels
+    from shards.stream import iter_samples
+    torch.manual_seed(0)
+    cfg = merge(_cfg(tiny_backbone, pose_anchor="none"), {"head_init": "none", "head_init_samples": 10_000,
+                                                         "batch_size": 4})
+    model = MMSenseModel(cfg.model)
+    engine = SimpleNamespace(module=model, world_size=1, rank=0, device=torch.device("cpu"), reduce=None)
+    info = pose_stats_from_labels(engine, cfg, [mixed_shards / "vehicles", mixed_shards / "humans"])
+    poses = [s["meta"]["keypoints"] for s in iter_samples(mixed_shards / "humans" / "train", image_size=32)
+             if s["meta"].get("keypoints") is not None]
+    parts = pose_parts(torch.tensor(np.asarray(poses), dtype=torch.float64).reshape(len(poses), 51))
+    assert info["pose_stats/poses"] == len(poses) > 2 * cfg.batch_size  # more than a batch's poses
+    assert bool(model.hpe_stats_ready)
+    assert torch.allclose(model.hpe_mean.double(), parts.mean(0), atol=1e-5)
+    assert torch.allclose(model.hpe_scale.double(), pose_spread(parts.var(0, unbiased=False)), atol=1e-5)
+    assert int(model.blockage_counts.sum()) == 0  # the class counts still come from the training batches
