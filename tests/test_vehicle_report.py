@@ -44,3 +44,14 @@ def test_radar_bearing_error_takes_the_nearest_moving_point_by_hand():
     assert bearing_error(points, -30.0) == pytest.approx(-15.0, abs=1e-4)
     assert abs(bearing_error(points, 0.0)) == pytest.approx(45.0, abs=1e-4)  # the static point does not count
     assert np.isnan(bearing_error(points[2:], 0.0)) and np.isnan(bearing_error(np.zeros((0, 5)), 0.0))
+
+
+def test_radar_bearing_names_a_bad_cube(tmp_path):
+    from twin.vehicle_report import radar_bearing
+    base = tmp_path / "scenario1"
+    (base / "unit1").mkdir(parents=True)
+    np.save(base / "unit1" / "radar_0.npy", np.zeros((4, 8), np.complex64))  # 2-D: not rx x samples x chirps
+    (base / "scenario1.csv").write_text("index,unit1_radar\n1,./unit1/radar_0.npy\n")
+    (base / "twin_truth.csv").write_text("index,los_angle_deg,blocked\n1,10.0,0\n")
+    with pytest.raises(ValueError, match="radar_0.npy: not a radar cube"):
+        radar_bearing(tmp_path, max_angle_deg=42.0, stride=1)

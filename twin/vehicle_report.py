@@ -100,8 +100,12 @@ def radar_bearing(root: Path, max_angle_deg: float, cfg: RadarConfig = RadarConf
             angle = float(t["los_angle_deg"])
             if int(t["blocked"]) or abs(angle) > max_angle_deg or not index[t["index"]].get("unit1_radar"):
                 continue
-            cube = np.load(base / index[t["index"]]["unit1_radar"], allow_pickle=False)
-            street.append((angle, bearing_error(cube_to_points(cube, cfg), angle)))
+            path = base / index[t["index"]]["unit1_radar"]
+            try:
+                points = cube_to_points(np.load(path, allow_pickle=False), cfg)
+            except ValueError as exc:
+                raise ValueError(f"{path}: not a radar cube ({exc})") from exc
+            street.append((angle, bearing_error(points, angle)))
         a, e = np.asarray(street, float).reshape(-1, 2).T
         errors += e.tolist()
         seen = ~np.isnan(e)
