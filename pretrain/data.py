@@ -10,7 +10,7 @@ from shards.write import WriteConfig, write_dataset
 # vehicle scenes: sequence split with scenario4 held out (an unseen scenario); human scenes: subject split
 TWIN_SPLITS = {
     "vehicles": dict(source="deepsense", split="sequence", fractions=(0.75, 0.25, 0.0), held_out_test=["scenario4"]),
-    "humans": dict(source="mmfi", split="subject", fractions=(0.7, 0.15, 0.15)),
+    "humans": dict(source="mmfi", split="subject", fractions=(0.75, 0.125, 0.125)),  # 12 / 2 / 2 subjects
 }
 
 

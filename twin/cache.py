@@ -25,9 +25,11 @@ def cached(kind: str, cfg: Any, build: Callable[[Path, Any], Any]) -> Path:
 
 
 def default_humans() -> Path:
-    """The default human-scene dataset of the pipeline (4 rooms, 8 subjects, 27 activities, 20 frames)."""
+    """The default human-scene dataset of the pipeline (4 rooms, 16 subjects, 27 activities, 20 frames = 8,640
+    frames): four subjects per room, so the subject split (``pretrain.data.TWIN_SPLITS``) holds out two
+    subjects for validation and two for test and still trains on at least two per room."""
     from twin.humans import HumanTwinConfig, generate
-    return cached("humans", HumanTwinConfig(envs=4, subjects=8, frames=20), lambda p, c: generate(p, c))
+    return cached("humans", HumanTwinConfig(envs=4, subjects=16, frames=20), lambda p, c: generate(p, c))
 
 
 def default_vehicles() -> Path:
