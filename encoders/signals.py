@@ -119,6 +119,14 @@ class WiFiEncoder(nn.Module):
     full past is padded at the oldest end), strides over time, and the time axis averaged over real
     packets only. WiFi sensing reads the body's motion from how the channel changes over about a second;
     one frame holds 0.1 s. K = 0 is the frame alone (the encoder of checkpoints written before the window).
+
+    ``motion`` (window only): ``standardised`` divides the window's motion (the log-amplitude minus its mean
+    over the window's real packets) by its RMS over the sample and adds log10 of that RMS as a fifth input
+    channel, as the point encoders standardise a cloud; ``raw`` (checkpoints written before it) feeds the
+    motion as it is. Raw, the twin's motion (RMS 0.086) sits beside a mask channel of 1, and a randomly
+    initialised encoder's embeddings barely move with it (spread over samples 1.99 with the motion, 1.94
+    with it removed): at one stage-one seed of three the WiFi embeddings collapsed to one point
+    (docs/measurements.md, 2026-12-07).
     """
 
     def __init__(self, cfg: EncoderConfig):
@@ -126,10 +134,14 @@ class WiFiEncoder(nn.Module):
         self.window = int(cfg.options.get("window", 0))
         if self.window < 0:
             raise ValueError(f"WiFi window must be >= 0 previous frames, got {self.window}")
+        self.motion = cfg.options.get("motion", "raw")
+        if self.motion not in ("raw", "standardised"):
+            raise ValueError(f"WiFi motion must be raw or standardised, got {self.motion!r}")
         c, t = cfg.d // 4, 2 if self.window else 1  # stride over packets
         k = 5 if self.window else 3
+        channels = (5 if self.motion == "standardised" else 4) if self.window else 3
         self.net = nn.Sequential(
-            nn.Conv2d(4 if self.window else 3, c, (7, k), stride=(2, t), padding=(3, k // 2)), nn.GroupNorm(4, c),
+            nn.Conv2d(channels, c, (7, k), stride=(2, t), padding=(3, k // 2)), nn.GroupNorm(4, c),
             nn.GELU(),
             nn.Conv2d(c, cfg.d // 2, (5, k), stride=(2, t), padding=(2, k // 2)), nn.GroupNorm(8, cfg.d // 2),
             nn.GELU(),
@@ -150,7 +162,14 @@ class WiFiEncoder(nn.Module):
         x = torch.log1p(frames.clamp(min=0)).permute(0, 2, 3, 1, 4).reshape(b, a, s, n * p)
         m = real.repeat_interleave(p, 1).to(x.dtype)[:, None, None]  # (B, 1, 1, (K+1) P)
         mean = (x * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True)  # per antenna and subcarrier
-        h = self.net(torch.cat([(x - mean) * m, m.expand(b, 1, s, n * p)], 1))
+        motion, mask = (x - mean) * m, m.expand(b, 1, s, n * p)
+        if self.motion == "standardised":
+            rms = (motion.pow(2).sum((1, 2, 3)) / (mask.sum((1, 2, 3)) * a)).sqrt()  # (B,) over real packets
+            motion = motion / rms.clamp(min=1e-3)[:, None, None, None]
+            level = torch.log10(rms.clamp(min=1e-3))[:, None, None, None] * mask  # how strong the motion is
+            h = self.net(torch.cat([motion, mask, level], 1))
+        else:
+            h = self.net(torch.cat([motion, mask], 1))
         w = nn.functional.interpolate(m[:, :, 0], size=h.shape[-1], mode="nearest")[:, :, None]  # (B, 1, 1, T')
         h = (h * w).sum(-1) / w.sum(-1).clamp(min=1.0)  # (B, d, S'): mean over real time steps
         tokens = self.norm(nn.functional.adaptive_avg_pool1d(h, self.n_tokens).transpose(1, 2))

@@ -30,8 +30,9 @@ class BindingConfig:
     point_bands: int = 0     # Fourier bands of the radar / LiDAR coordinates (0.25 m x 2^k wavelengths; 0: none)
     init_temperature: float = 0.07
     wifi_window: int = 9     # previous CSI frames the WiFi encoder reads with each frame (0: the frame alone)
+    wifi_motion: str = "standardised"  # the window's CSI motion divided by its RMS (raw: as it is)
     # what a checkpoint's config written before a field existed was trained with (read by from_dict)
-    LEGACY: ClassVar[dict] = {"wifi_window": 0, "point_bands": 0}
+    LEGACY: ClassVar[dict] = {"wifi_window": 0, "point_bands": 0, "wifi_motion": "raw"}
 
     def encoder_configs(self) -> dict[str, EncoderConfig]:
         out = {}
@@ -42,7 +43,7 @@ class BindingConfig:
             elif m in ("radar", "lidar"):
                 opts = {"coord_scale": self.coord_scale, "bands": self.point_bands}
             elif m == "wifi":
-                opts = {"window": self.wifi_window}
+                opts = {"window": self.wifi_window, "motion": self.wifi_motion}
             out[m] = EncoderConfig(m, self.d, self.n_tokens, opts)
         return out
 

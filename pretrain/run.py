@@ -55,6 +55,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "(wavelengths 0.25 m x 2^k; 0: none)")
     add("--wifi-window", b.wifi_window, type=int, help="previous CSI frames the WiFi encoder reads with each "
         "frame (0: the frame alone)")
+    add("--wifi-motion", b.wifi_motion, choices=["standardised", "raw"], help="the CSI window's motion divided by "
+        "its RMS over the sample, with log10 of the RMS as an extra input channel (standardised), or as it is")
     p.dataclass_options(PretrainConfig, skip=("data", "out", "binding", "progress"), help_texts=HELP,
                         int_fields=("stop_after_steps",))
     add("--no-progress", False, action="store_true", help="no progress bar")

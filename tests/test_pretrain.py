@@ -274,6 +274,39 @@ def test_wifi_window_reads_the_past_frames_and_ignores_padding():
                                    legacy(collate([dict(samples[2], past_wifi=samples[2]["past_wifi"] * 3)])).pooled[0])
 
 
+def test_wifi_motion_standardised_reads_small_motion_at_init():
+    """The window's CSI motion reaches a randomly initialised encoder whatever its amplitude (``standardised``),
+    with its level still seen; fed raw, a motion of 1 % barely moves the embedding beside the mask channel."""
+    from encoders import EncoderConfig, build_encoder
+    from finetune.config import from_dict
+    rng = np.random.default_rng(0)
+    base = rng.uniform(5, 40, (3, 114, 1))
+    patterns = rng.normal(size=(8, 4, 3, 114, 10))  # per sample: 3 past frames and the current one
+
+    def batch(amplitude: float) -> dict:
+        frames = (base * np.exp(amplitude * patterns)).astype(np.float32)
+        return collate([{"__key__": f"k{i}", "meta": {}, "wifi": f[-1], "past_wifi": f[:-1]} for i, f in enumerate(frames)])
+
+    def spread(t: torch.Tensor) -> float:
+        return float((t - t.mean(0)).norm(dim=1).mean())
+
+    ratios = {}
+    for motion in ("standardised", "raw"):
+        torch.manual_seed(0)
+        enc = build_encoder(EncoderConfig("wifi", 32, 4, {"window": 3, "motion": motion})).eval()
+        with torch.no_grad():
+            small, large = enc(batch(0.01)).pooled, enc(batch(0.3)).pooled
+        ratios[motion] = spread(small) / spread(large)
+        if motion == "standardised":  # the same patterns at another amplitude: the level channel tells them apart
+            assert (small - large).abs().max() > 1e-2
+    assert ratios["standardised"] > 0.5, ratios
+    assert ratios["raw"] < 0.2, ratios
+    assert from_dict(BindingConfig, {}).wifi_motion == "raw" and BindingConfig().wifi_motion == "standardised"
+    assert build_encoder(EncoderConfig("wifi", 32, 4, {"window": 3})).net[0].in_channels == 4  # older checkpoints
+    with pytest.raises(ValueError, match="WiFi motion"):
+        build_encoder(EncoderConfig("wifi", 32, 4, {"window": 3, "motion": "scaled"}))
+
+
 def test_checkpoint_lookup_names_the_path_when_there_is_none(tmp_path):
     from airbind.checkpoint import CheckpointDir, checkpoint_at
     run = tmp_path / "run"
