@@ -163,13 +163,12 @@ class WiFiEncoder(nn.Module):
         m = real.repeat_interleave(p, 1).to(x.dtype)[:, None, None]  # (B, 1, 1, (K+1) P)
         mean = (x * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True)  # per antenna and subcarrier
         motion, mask = (x - mean) * m, m.expand(b, 1, s, n * p)
+        extra = []
         if self.motion == "standardised":
             rms = (motion.pow(2).sum((1, 2, 3)) / (mask.sum((1, 2, 3)) * a)).sqrt()  # (B,) over real packets
             motion = motion / rms.clamp(min=1e-3)[:, None, None, None]
-            level = torch.log10(rms.clamp(min=1e-3))[:, None, None, None] * mask  # how strong the motion is
-            h = self.net(torch.cat([motion, mask, level], 1))
-        else:
-            h = self.net(torch.cat([motion, mask], 1))
+            extra = [torch.log10(rms.clamp(min=1e-3))[:, None, None, None] * mask]  # how strong the motion is
+        h = self.net(torch.cat([motion, mask, *extra], 1))
         w = nn.functional.interpolate(m[:, :, 0], size=h.shape[-1], mode="nearest")[:, :, None]  # (B, 1, 1, T')
         h = (h * w).sum(-1) / w.sum(-1).clamp(min=1.0)  # (B, d, S'): mean over real time steps
         tokens = self.norm(nn.functional.adaptive_avg_pool1d(h, self.n_tokens).transpose(1, 2))
