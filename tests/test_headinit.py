@@ -1,6 +1,7 @@
 """Task heads fitted by a linear probe before fine-tuning (finetune/headinit.py): the logistic and ridge fits
 against scikit-learn and the closed form, the standardisation folded into the head, grouped alpha choice, and
-the probe on a tiny model (heads only change, each head reproduces its fit, one-class tasks are skipped)."""
+the temperature scaling of the logistic fits, the probe on a tiny model (heads only change, each head reproduces its
+scaled fit, one-class tasks are skipped)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.headinit import (LOGISTIC_PENALTIES, RIDGE_ALPHAS, choose_alpha, choose_penalty, fit_logistic, fit_ridge,
-                               init_heads_by_probe, set_linear, standardise)
+from finetune.headinit import (LOGISTIC_PENALTIES, RIDGE_ALPHAS, _loss, choose_alpha, choose_penalty, fit_logistic,
+                               fit_logit_scale, fit_ridge, init_heads_by_probe, set_linear, standardise)
 from finetune.model import MMSenseModel
 from tests.test_finetune import REPO, _batch, _cfg
 
@@ -87,12 +88,56 @@ def test_logistic_penalty_is_chosen_on_held_out_sequences():
     x = (torch.randn(seqs, k, generator=g, dtype=torch.float64)[groups]
          + 0.05 * torch.randn(seqs * per, k, generator=g, dtype=torch.float64))
     y = torch.randint(0, 3, (seqs,), generator=g)[groups]
-    assert choose_penalty(x, y, groups, 3) == LOGISTIC_PENALTIES[0]
-    assert choose_penalty(x, y, torch.arange(len(x)), 3) < LOGISTIC_PENALTIES[0]
+    assert choose_penalty(x, y, groups, 3)[0] == LOGISTIC_PENALTIES[0]
+    assert choose_penalty(x, y, torch.arange(len(x)), 3)[0] < LOGISTIC_PENALTIES[0]
     groups = torch.arange(40).repeat_interleave(per)  # now the features tell the class, also of unseen sequences
     x = torch.randn(40, 5, generator=g, dtype=torch.float64)[groups] + 0.05 * torch.randn(40 * per, 5, generator=g,
                                                                                          dtype=torch.float64)
-    assert choose_penalty(x, x[:, :3].argmax(1), groups, 3) < LOGISTIC_PENALTIES[0]
+    lam, scale = choose_penalty(x, x[:, :3].argmax(1), groups, 3)
+    assert lam < LOGISTIC_PENALTIES[0] and scale > 0
+
+
+@pytest.mark.parametrize("pos_weight", [None, 3.0])
+def test_logit_scale_minimises_the_loss(pos_weight):
+    """Temperature scaling: the factor found by bisection is the grid minimum of the (weighted) loss; logits
+    that rank the labels wrongly get 0 (a flat prediction); sharp, right ones reach the upper bound."""
+    g = torch.Generator().manual_seed(4)
+    c = 5 if pos_weight is None else 1
+    z = torch.randn(300, c, generator=g, dtype=torch.float64)
+    noisy = z + 1.5 * torch.randn(300, c, generator=g, dtype=torch.float64)
+    y = noisy.argmax(1) if pos_weight is None else (noisy[:, 0] > 1.0).long()
+    grid = torch.linspace(0, 6, 6001, dtype=torch.float64)
+    best = grid[torch.stack([_loss(a * z, y, pos_weight) for a in grid]).argmin()]
+    assert 0.05 < float(best) < 5.9 and abs(fit_logit_scale(z, y, pos_weight) - float(best)) < 2e-3
+    assert fit_logit_scale(-z, y, pos_weight) == 0.0
+    sharp = (torch.nn.functional.one_hot(y, c).double() if pos_weight is None else (2.0 * y - 1.0)[:, None])
+    assert fit_logit_scale(sharp, y, pos_weight, most=10.0) == 10.0
+
+
+def test_penalty_is_chosen_after_calibration():
+    """The chosen penalty's held-out logits, times the chosen scale, lose no more than any penalty's scaled
+    or unscaled held-out logits, nor than the class prior; a probe that read the same fits uncalibrated could
+    only do as well."""
+    from finetune.headinit import CV_ITERS, group_folds
+    g = torch.Generator().manual_seed(5)
+    seqs, per, k, c = 40, 5, 60, 8
+    groups = torch.arange(seqs).repeat_interleave(per)
+    y = torch.arange(c).repeat(seqs // c)[groups]
+    x = (0.3 * torch.randn(c, k, generator=g, dtype=torch.float64)[y]
+         + torch.randn(seqs, k, generator=g, dtype=torch.float64)[groups]
+         + torch.randn(seqs * per, k, generator=g, dtype=torch.float64))
+    lam, scale = choose_penalty(x, y, groups, c)
+    held_out = {}
+    for p in LOGISTIC_PENALTIES:  # the held-out logits of each penalty, warm-started along the path as there
+        held_out[p] = torch.zeros(len(y), c, dtype=torch.float64)
+    for held in group_folds(groups):
+        start = None
+        for p in LOGISTIC_PENALTIES:
+            start = fit_logistic(x[~held], y[~held], c, None, p, CV_ITERS, start)
+            held_out[p][held] = x[held] @ start[0].T + start[1]
+    chosen = float(_loss(scale * held_out[lam], y, None))
+    assert all(chosen <= float(_loss(a * lg, y, None)) + 1e-9 for lg in held_out.values() for a in (1.0, 0.5, 2.0))
+    assert chosen < float(torch.log(torch.tensor(float(c))))  # better than the flat guess (balanced classes)
 
 
 def test_standardisation_is_folded_into_the_head():
@@ -140,7 +185,8 @@ def test_probe_fits_only_the_heads(tiny_backbone, mixed_shards):
         s, _, _ = standardise(torch.nn.functional.layer_norm(torch.cat(feats), norm.normalized_shape,
                                                              norm.weight.double(), norm.bias.double(), norm.eps))
     w, b = fit_logistic(s, labels.long(), 27, penalty=info["head_init/har/penalty"])
-    assert torch.allclose(logits, s @ w.T + b, atol=1e-3)
+    scale = info["head_init/har/logit_scale"]
+    assert 0.0 <= scale <= 100.0 and torch.allclose(logits, scale * (s @ w.T + b), atol=1e-3)
     assert info["head_init/har/penalty"] in LOGISTIC_PENALTIES and info["head_init/hpe/alpha"] in RIDGE_ALPHAS
 
 
