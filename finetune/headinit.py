@@ -25,7 +25,7 @@ win over a weaker, better-ranking one: on the seed-3 stage-one checkpoint of the
 fits held out 2-9 % accuracy (chance 3.7 %), each above the ln 27 of a uniform guess, so the strongest
 penalty won and fine-tuning started from a head near zero, whose HAR loss stayed near ln 27 for all 150
 steps (HAR 0.075 on validation). Calibrated, the weakest penalty's fit (8.8 % held out) at scale 0.12 holds
-out 3.19 nats, the HAR loss starts below 3.0, and the run ends at HAR 0.106.
+out 3.19 nats, the logged HAR losses fall to 2.45-2.74 over the last 30 steps, and the run ends at HAR 0.106.
 
 The probe reads the LayerNorm's output standardised per channel over the probe rows, and that scaling is
 folded into the Linear weights, so the model's layout does not change. Rows come from every rank (padded
