@@ -116,7 +116,7 @@ def test_logit_scale_minimises_the_loss(pos_weight):
 
 def test_penalty_is_chosen_after_calibration():
     """The chosen penalty's held-out logits, times the chosen scale, lose no more than any penalty's scaled
-    or unscaled held-out logits (so no less than the choice among the fits as fitted, which it beats here),
+    or unscaled held-out logits (so no more than the best fit as fitted, the choice before; here strictly less),
     nor than the class prior."""
     from finetune.headinit import CV_ITERS, group_folds
     g = torch.Generator().manual_seed(5)
