@@ -175,25 +175,36 @@ def fit_logit_scale(logits: torch.Tensor, y: torch.Tensor, pos_weight: float | N
     return 0.5 * (lo + hi)
 
 
-def choose_penalty(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, classes: int,
-                   pos_weight: float | None = None, penalties: tuple[float, ...] = LOGISTIC_PENALTIES,
-                   folds: int = FOLDS) -> tuple[float, float]:
-    """The logistic penalty (strongest first in ``penalties``) of lowest cross-entropy on held-out groups
-    (:func:`group_folds`; each fold's fits warm-started along the path) after temperature scaling, and its
-    logit scale (:func:`fit_logit_scale` on all its held-out logits). The held-out loss, not the accuracy:
-    the head starts fine-tuning from this fit, and an over-confident one starts it with large, wrong
-    gradients. Calibrated, because the scale fixes the confidence and the loss then rates how well the fit
-    ranks the classes of unseen sequences. The middle of ``penalties`` at scale 1 with fewer than 2 groups."""
+def held_out_logits(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, classes: int,
+                    pos_weight: float | None = None, penalties: tuple[float, ...] = LOGISTIC_PENALTIES,
+                    folds: int = FOLDS) -> torch.Tensor | None:
+    """Logits (len(penalties), rows, classes) of every row from the logistic fit of each penalty on the other
+    folds (:func:`group_folds`: each row held out once; each fold's fits warm-started along the path, strongest
+    penalty first); None with fewer than 2 groups."""
     masks = group_folds(groups, folds)
     if not masks:
-        return penalties[len(penalties) // 2], 1.0
-    held_logits = torch.zeros(len(penalties), len(s), classes, dtype=s.dtype)
+        return None
+    out = torch.zeros(len(penalties), len(s), classes, dtype=s.dtype)
     for held in masks:
         start = None
         for i, lam in enumerate(penalties):
             start = fit_logistic(s[~held], y[~held], classes, pos_weight, lam, CV_ITERS, start)
-            held_logits[i, held] = s[held] @ start[0].T + start[1]
-    scales = [fit_logit_scale(lg, y, pos_weight) for lg in held_logits]  # the folds hold out every row once
+            out[i, held] = s[held] @ start[0].T + start[1]
+    return out
+
+
+def choose_penalty(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, classes: int,
+                   pos_weight: float | None = None, penalties: tuple[float, ...] = LOGISTIC_PENALTIES,
+                   folds: int = FOLDS) -> tuple[float, float]:
+    """The logistic penalty (strongest first in ``penalties``) of lowest cross-entropy on held-out groups
+    (:func:`held_out_logits`) after temperature scaling, and its logit scale (:func:`fit_logit_scale` on all
+    its held-out logits). The held-out loss, not the accuracy: the head starts fine-tuning from this fit,
+    and an over-confident one starts it with large, wrong gradients. Calibrated, because the scale fixes the confidence and the loss then rates how well the fit
+    ranks the classes of unseen sequences. The middle of ``penalties`` at scale 1 with fewer than 2 groups."""
+    held_logits = held_out_logits(s, y, groups, classes, pos_weight, penalties, folds)
+    if held_logits is None:
+        return penalties[len(penalties) // 2], 1.0
+    scales = [fit_logit_scale(lg, y, pos_weight) for lg in held_logits]
     with torch.no_grad():
         err = torch.stack([_loss(a * lg, y, pos_weight) for a, lg in zip(scales, held_logits)])
     best = int(err.argmin())
