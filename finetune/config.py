@@ -24,7 +24,7 @@ class FinetuneConfig:
     head_lr_scale: float = 1.0         # lr multiplier of the task-specific modules (gating, task attention, heads)
     encoder_lr_scale: float = 0.3      # lr multiplier of the stage-one encoders (0 < scale; --freeze-encoders: none)
     head_init: str = "probe"           # probe: heads fitted by a linear probe before the first step (LP-FT) | none
-    head_init_samples: int = 4096      # most training samples the probe reads, each once (over all ranks)
+    head_init_samples: int = 8192      # most training samples the probe reads, each once (over all ranks)
     weight_decay: float = 0.01
     warmup_steps: int = 10
     image_size: int = 64

@@ -4,7 +4,7 @@ sequential attention over intermediate layers (Eqs. 12-13) → task head; uncert
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Iterable
 
 import torch
@@ -33,12 +33,27 @@ TASKS: dict[str, TaskSpec] = {
                     "Recognize the human activity from multi-modal inputs."),
     "hpe": TaskSpec(("image", "radar", "lidar", "wifi"), 17 * 3, "mse",
                     "Estimate the 3D positions of 17 body keypoints from multi-modal inputs."),
-    "blockage": TaskSpec(("past_beam", "image", "radar", "lidar"), 1, "bce",
+    # blockage reads the observations up to frame t: the previous beam-power vectors, frame t's own (the last
+    # before the predicted frames t+1..t+Δ, as DeepSense 6G's blockage prediction reads the observed power
+    # sequence up to the current instant) and frame t's sensors; ModelConfig.blockage_beams "past" drops frame t's
+    "blockage": TaskSpec(("past_beam", "beam", "image", "radar", "lidar"), 1, "bce",
                          "Predict whether the line of sight will be blocked in the near future."),
 }
 LABEL_STATS = 1 + 2 * 51 + 2 + 5  # the length of MMSenseModel.label_stats: poses, blockage classes, pelvis - centre
-# the modality holding (or trivially revealing) each task's label: never an input of that task
-LABEL_MODALITY = {"beam": "beam", "blockage": "beam", "har": None, "hpe": None}
+# the modality holding (or trivially revealing) each task's label: never an input of that task (the blockage
+# label is the state of the frames after t, which no input of frame t or before holds)
+LABEL_MODALITY = {"beam": "beam", "blockage": None, "har": None, "hpe": None}
+
+
+def task_specs(tasks: list[str], blockage_beams: str = "current") -> dict[str, TaskSpec]:
+    """The specs of ``tasks``; ``blockage_beams`` "past": the blockage task without frame t's beam powers
+    (only the previous T, ``past_beam.npy``), as stage-two runs before 2026-12-07 read it."""
+    if blockage_beams not in ("current", "past"):
+        raise ValueError(f"blockage_beams {blockage_beams!r}: choose 'current' or 'past'")
+    specs = {t: TASKS[t] for t in tasks}
+    if blockage_beams == "past" and "blockage" in specs:
+        specs["blockage"] = replace(specs["blockage"], inputs=tuple(m for m in specs["blockage"].inputs if m != "beam"))
+    return specs
 
 
 def check_no_leak(tasks: dict[str, TaskSpec]) -> None:
@@ -143,15 +158,16 @@ class ModelConfig:
     modality_dropout: float = 0.0  # training only: each present input of a (sample, task) hidden with this probability
     body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
     pose_anchor: str = "points"  # points: the pelvis x, y predicted from the clouds' centre (cloud_centre_xy) | none
+    blockage_beams: str = "current"  # current: blockage reads frame t's beam powers and the previous T | past
     # what a config written before a field existed was trained with (read by finetune.config.from_dict)
-    LEGACY: ClassVar[dict] = {"pose_anchor": "none"}
+    LEGACY: ClassVar[dict] = {"pose_anchor": "none", "blockage_beams": "past"}
 
 
 class MMSenseModel(nn.Module):
     def __init__(self, cfg: ModelConfig, backbone: tuple[nn.Module, object, int] | None = None):
         super().__init__()
         self.cfg = cfg
-        specs = {t: TASKS[t] for t in cfg.tasks}
+        specs = task_specs(cfg.tasks, cfg.blockage_beams)
         check_no_leak(specs)
         if not 0.0 <= cfg.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout {cfg.modality_dropout}: must be in [0, 1)")

@@ -67,6 +67,9 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "modality of a (sample, task) with this probability (ModDrop), so that no task leans on one modality")
     add("--pose-anchor", d.model.pose_anchor, choices=["points", "none"], help="points: the pose head predicts "
         "the pelvis x, y relative to the median of the LiDAR (else radar) points; none: from the features alone")
+    add("--blockage-beams", d.model.blockage_beams, choices=["current", "past"], help="current: the blockage task "
+        "reads frame t's beam powers besides the previous T (the observations up to the frame before the predicted "
+        "ones); past: only the previous T (past_beam.npy)")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -100,8 +103,9 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
         model["task_layers"] = a.task_layers
     if "modality_dropout" in given:
         model["modality_dropout"] = a.modality_dropout
-    if "pose_anchor" in given:
-        model["pose_anchor"] = a.pose_anchor
+    for key in ("pose_anchor", "blockage_beams"):
+        if key in given:
+            model[key] = getattr(a, key)
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {list(TASKS)}")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.config import PRESETS, FinetuneConfig, merge
-from finetune.model import TASKS, MMSenseModel, TaskSpec, check_no_leak
+from finetune.config import PRESETS, FinetuneConfig, from_dict, merge
+from finetune.model import TASKS, MMSenseModel, ModelConfig, TaskSpec, check_no_leak, task_specs
 from finetune.modules import FeatureStandardizer, ModalityGating, UncertaintyLoss
 from shards.stream import collate, iter_samples
 
@@ -211,7 +211,19 @@ def test_label_leak_guard():
     check_no_leak(TASKS)
     with pytest.raises(ValueError, match="its own label"):
         check_no_leak({"beam": TaskSpec(("image", "beam"), 64, "ce", "x")})
-    assert "beam" not in TASKS["beam"].inputs and "beam" not in TASKS["blockage"].inputs
+    assert "beam" not in TASKS["beam"].inputs
+
+
+def test_blockage_reads_frame_t_beam_powers_unless_past():
+    """Blockage predicts frames t+1..t+Δ: frame t's beam powers are an observation before them (default), and
+    ``blockage_beams="past"`` (the legacy of configs without the field) drops them again."""
+    assert "beam" in task_specs(["blockage"])["blockage"].inputs
+    past = task_specs(["beam", "blockage"], "past")
+    assert past["blockage"].inputs == ("past_beam", "image", "radar", "lidar") and past["beam"] == TASKS["beam"]
+    with pytest.raises(ValueError, match="blockage_beams"):
+        task_specs(["blockage"], "future")
+    assert from_dict(ModelConfig, {"tasks": ["blockage"]}).blockage_beams == "past"
+    assert ModelConfig().blockage_beams == "current"
 
 
 def test_lora_trains_adapters_and_leaves_base_weights(tiny_backbone, mixed_shards):
