@@ -226,6 +226,24 @@ def test_blockage_reads_frame_t_beam_powers_unless_past():
     assert ModelConfig().blockage_beams == "current"
 
 
+@pytest.mark.parametrize("blockage_beams", ["current", "past"])
+def test_frame_t_beam_powers_reach_blockage_only(tiny_backbone, mixed_shards, blockage_beams):
+    """Changing frame t's power vectors changes the blockage output when the task reads them, never the beam
+    task's (its label) nor, with "past", the blockage task's."""
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone, blockage_beams=blockage_beams).model).eval()
+    batch = _batch(mixed_shards, n=24)
+    batch["blockage"] = torch.where(batch["beam_label"] >= 0, 0.0, -1.0)
+    assert bool((batch["blockage"] >= 0).any()) and bool(batch["present"]["beam"].any())
+    with torch.no_grad():
+        _, res = model(batch)
+        moved = dict(batch, beam=batch["beam"].roll(7, dims=-1) * 10.0)
+        _, res2 = model(moved)
+    assert torch.equal(res["beam"]["output"], res2["beam"]["output"])
+    changed = not torch.allclose(res["blockage"]["output"], res2["blockage"]["output"])
+    assert changed == (blockage_beams == "current")
+
+
 def test_lora_trains_adapters_and_leaves_base_weights(tiny_backbone, mixed_shards):
     torch.manual_seed(0)
     model = MMSenseModel(_cfg(tiny_backbone).model)
