@@ -78,13 +78,15 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
     for batch in capped_batches(dirs, stream_config(cfg, 32, 0, False, cfg.model.binding.modalities), max_samples):
         _, res = model(to_device(batch, device))
         for t, r in res.items():
-            g = got.setdefault(t, {"output": [], "label": [], "key": [], "power": []})
+            g = got.setdefault(t, {"output": [], "label": [], "key": [], "power": [], "now": []})
             rows = r["rows"].cpu()
             g["output"].append(r["output"].float().cpu().numpy())
             g["label"].append(r["label"].float().cpu().numpy())
             g["key"] += [k for k, keep in zip(batch["key"], rows.tolist()) if keep]
             if t == "beam":
                 g["power"].append(batch["beam"][rows].numpy())
+            if t == "blockage" and "blocked_now" in batch:
+                g["now"].append(batch["blocked_now"][rows].numpy())
             gates.setdefault(t, []).append(model.last_gates[t].float().cpu().numpy())
     model.train()
     metrics: dict[str, float] = {}
@@ -97,6 +99,8 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
             metrics[f"{t}/{k}"] = v
         metrics[f"{t}/samples"] = float(len(lab))
         arrays[t] = {"output": out, "label": lab, "key": np.array(g["key"]), **({"power": power} if power is not None else {})}
+        if g["now"]:
+            arrays[t]["blocked_now"] = np.concatenate(g["now"]).astype(int)
         mods = [m for m in model.specs[t].inputs if m in model.modalities]
         mean_gate = np.concatenate(gates[t]).mean(0)
         for m, w in zip([m for m in mods], mean_gate):
@@ -106,10 +110,16 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
 
 def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
     """Trivial baselines on the validation labels from the training labels seen: majority class, mean pose
-    (MPJPE, and PA-MPJPE after aligning it to each true pose), majority blockage state."""
+    (MPJPE, and PA-MPJPE after aligning it to each true pose), majority blockage state. And, where every
+    blockage sample records the link's state at frame t, the persistence reference: frame t's own state as
+    the answer (``blockage/persistence_accuracy``; a reference, not a trivial baseline: the model is given
+    frame t's powers, not its state)."""
     out = {}
     for t, a in arrays.items():
         lab = a["label"]
+        now = a.get("blocked_now")
+        if t == "blockage" and now is not None and len(now) and bool((now >= 0).all()):
+            out["blockage/persistence_accuracy"] = float((now == lab).mean())
         if t in ("beam", "har", "blockage") and train_labels.get(t):
             major = majority_class(train_labels[t])
             out[f"{t}/baseline_accuracy"] = float((lab == major).mean())

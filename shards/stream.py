@@ -190,6 +190,9 @@ def collate(samples: Sequence[dict[str, Any]], max_points: int = 512, always: Se
     batch["beam_label"] = torch.tensor([m.get("beam", -1) for m in metas], dtype=torch.long)
     batch["activity"] = torch.tensor([m.get("activity", -1) for m in metas], dtype=torch.long)
     batch["blockage"] = torch.tensor([m.get("blockage_future", -1) for m in metas], dtype=torch.float32)
+    # the link's state at frame t itself where the source records it (-1 elsewhere): never a model input, only
+    # the persistence reference of the blockage metrics (finetune.train.baselines)
+    batch["blocked_now"] = torch.tensor([m.get("blocked", -1) for m in metas], dtype=torch.float32)
     kp = torch.zeros(b, NUM_KEYPOINTS, 3)
     has_kp = torch.zeros(b, dtype=torch.bool)
     for i, m in enumerate(metas):

@@ -713,3 +713,32 @@ def test_probe_refits_pose_statistics_to_all_its_poses(tiny_backbone):
     assert torch.allclose(model.hpe_scale[:3], parts[:, :3].std(0, unbiased=False), atol=1e-5)
     assert torch.allclose(new.mean(0), torch.zeros(51), atol=1e-5)
     assert float(new[:, :3].std(0, unbiased=False).max()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_persistence_reference_of_blockage():
+    """Frame t's own state as the answer, where every blockage sample records it; absent otherwise."""
+    from finetune.train import baselines
+    lab = np.array([1, 1, 0, 0, 1, 0])
+    now = np.array([1, 0, 0, 1, 1, 0])
+    out = baselines({"blockage": [0, 0, 1]}, {"blockage": {"label": lab, "blocked_now": now}})
+    assert out["blockage/persistence_accuracy"] == pytest.approx(4 / 6)
+    assert out["blockage/baseline_accuracy"] == pytest.approx(3 / 6)
+    unknown = baselines({"blockage": [0]}, {"blockage": {"label": lab, "blocked_now": np.r_[now[:5], -1]}})
+    assert "blockage/persistence_accuracy" not in unknown
+    assert "blockage/persistence_accuracy" not in baselines({"blockage": [0]}, {"blockage": {"label": lab}})
+
+
+def test_evaluate_carries_frame_t_state_of_blockage_samples(tiny_backbone, mixed_shards):
+    """The persistence reference reads each blockage sample's own ``blocked`` (shards' meta), row for row."""
+    from finetune.train import baselines, evaluate
+    torch.manual_seed(0)
+    cfg = _cfg(tiny_backbone)
+    model = MMSenseModel(cfg.model)
+    dirs = [mixed_shards / "vehicles/train"]
+    _, arrays = evaluate(model, cfg, dirs)
+    a = arrays["blockage"]
+    meta = {s["__key__"]: s["meta"] for s in iter_samples(dirs[0], image_size=32)}
+    assert len(a["key"]) and [meta[k]["blocked"] for k in a["key"]] == a["blocked_now"].tolist()
+    assert [meta[k]["blockage_future"] for k in a["key"]] == a["label"].tolist()
+    out = baselines({"blockage": [0, 0, 1]}, arrays)
+    assert out["blockage/persistence_accuracy"] == pytest.approx(float((a["blocked_now"] == a["label"]).mean()))
