@@ -97,13 +97,7 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
                       ("no_feature_norm", "feature_norm")):
         if flag in given:
             model[key] = not getattr(a, flag)
-    if "body" in given:
-        model["body"] = a.body
-    if "task_layers" in given:
-        model["task_layers"] = a.task_layers
-    if "modality_dropout" in given:
-        model["modality_dropout"] = a.modality_dropout
-    for key in ("pose_anchor", "blockage_beams"):
+    for key in ("body", "task_layers", "modality_dropout", "pose_anchor", "blockage_beams"):  # same name on both
         if key in given:
             model[key] = getattr(a, key)
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]
