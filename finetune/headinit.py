@@ -199,8 +199,9 @@ def choose_penalty(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, class
     """The logistic penalty (strongest first in ``penalties``) of lowest cross-entropy on held-out groups
     (:func:`held_out_logits`) after temperature scaling, and its logit scale (:func:`fit_logit_scale` on all
     its held-out logits). The held-out loss, not the accuracy: the head starts fine-tuning from this fit,
-    and an over-confident one starts it with large, wrong gradients. Calibrated, because the scale fixes the confidence and the loss then rates how well the fit
-    ranks the classes of unseen sequences. The middle of ``penalties`` at scale 1 with fewer than 2 groups."""
+    and an over-confident one starts it with large, wrong gradients. Calibrated, because the scale fixes the
+    confidence and the loss then rates how well the fit ranks the classes of unseen sequences. The middle of
+    ``penalties`` at scale 1 with fewer than 2 groups."""
     held_logits = held_out_logits(s, y, groups, classes, pos_weight, penalties, folds)
     if held_logits is None:
         return penalties[len(penalties) // 2], 1.0
