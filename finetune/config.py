@@ -34,6 +34,7 @@ class FinetuneConfig:
     seed: int = 0
     scene_shift: float = 0.3           # m: human training scenes (points + pose) moved by up to this in x, y
     resume: str | None = None
+    save_optimizer: bool = True        # False: checkpoints without optimizer state (not resumable; evaluation's runs)
     val_max_samples: int = 1000     # per validation dataset (shards.stream.capped_batches)
     log_every: int = 10
     stop_after_steps: int | None = None

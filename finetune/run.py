@@ -71,9 +71,11 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "reads frame t's beam powers besides the previous T (the observations up to the frame before the predicted "
         "ones); past: only the previous T (past_beam.npy)")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
-    p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress"),
+    p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress", "save_optimizer"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
     add("--no-progress", False, action="store_true", help="no progress bar")
+    add("--no-optimizer-state", False, action="store_true", help="checkpoints without the optimizer state (about "
+        "two thirds of their size); such a run cannot be resumed")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # launcher's
     return p
 
@@ -86,6 +88,8 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
         cfg = merge(cfg, PRESETS[a.preset])
     top = {f.name: getattr(a, f.name) for f in fields(FinetuneConfig)
            if f.name not in ("model", "progress") and f.name in given}
+    if "no_optimizer_state" in given:
+        top["save_optimizer"] = not a.no_optimizer_state
     model: dict = {}
     if "tasks" in given:
         model["tasks"] = list(TASKS) if a.tasks == ["all"] else a.tasks

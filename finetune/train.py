@@ -134,7 +134,12 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
 
 
 def save_checkpoint(engine, cfg: FinetuneConfig, state: dict[str, Any], train_labels) -> Path | None:
-    """Every rank writes its optimizer partition; rank 0 writes weights, config and trainer state."""
+    """Every rank writes its optimizer partition (unless ``cfg.save_optimizer`` is False); rank 0 writes weights,
+    config and trainer state."""
+    def own(tmp: Path) -> None:
+        if cfg.save_optimizer:
+            save_state(tmp / f"optimizer-rank{engine.rank}", engine.optimizer_state())
+
     def shared(tmp: Path) -> None:
         from safetensors.torch import save_file
         save_file({k: v.float() if v.is_floating_point() else v for k, v in trainable_state(engine.module).items()},
@@ -146,7 +151,7 @@ def save_checkpoint(engine, cfg: FinetuneConfig, state: dict[str, Any], train_la
                                            "train_labels": {t: [np.asarray(v).tolist() for v in vals]
                                                             for t, vals in train_labels.items()}})
     return write_by_ranks(Path(cfg.out) / "checkpoints", f"step-{state['step']:06d}", engine.rank, engine.barrier,
-                          lambda tmp: save_state(tmp / f"optimizer-rank{engine.rank}", engine.optimizer_state()), shared)
+                          own, shared)
 
 
 def saved_config(ckpt: Path) -> dict[str, Any]:
@@ -168,6 +173,9 @@ def check_resumable(ckpt: Path, cfg: FinetuneConfig) -> None:
     other optimizer groups (``OPTIMIZER_OPTIONS``; a checkpoint from before an option counts as its
     ``FinetuneConfig.LEGACY`` value)."""
     raw = saved_config(ckpt)
+    if not raw.get("save_optimizer", True):
+        raise ValueError(f"{ckpt}: written without optimizer state (--no-optimizer-state), so it cannot be resumed; "
+                         "start a new run from its recipe, or load its weights with finetune/predict.py")
     saved = from_dict(FinetuneConfig, raw)
     check_same_options(ckpt, {**raw.get("model", {}), **{k: getattr(saved, k) for k in OPTIMIZER_OPTIONS}},
                        {**asdict(cfg.model), **{k: getattr(cfg, k) for k in OPTIMIZER_OPTIONS}})

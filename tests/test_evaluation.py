@@ -164,6 +164,7 @@ def test_evaluation_run_end_to_end(tiny_backbone, mixed_shards, tmp_path):
         real = json.loads((reports / "real_scenario5.json").read_text())
         assert real["samples"]["test"] > 0 and any(k.startswith("kNN") for k in real["test"])
     before = {p: p.stat().st_mtime for p in (tmp_path / "work").rglob("model.safetensors")}
+    assert before and not list((tmp_path / "work").rglob("optimizer-rank*"))  # rows are never resumed
     p = run("evaluation/run.py", "table", *common)
     assert p.returncode == 0, p.stderr[-3000:]
     after = {p: p.stat().st_mtime for p in (tmp_path / "work").rglob("model.safetensors")}

@@ -336,6 +336,24 @@ def test_resume_continues_and_refuses_other_model_options(tiny_backbone, mixed_s
     proc = subprocess.run(base + ["--resume", "latest"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["step"] == 3
+    assert (out / "checkpoints" / "step-000003" / "optimizer-rank0.safetensors").is_file()
+
+
+def test_checkpoints_without_optimizer_state_are_not_resumed(tiny_backbone, mixed_shards, tmp_path):
+    out = tmp_path / "ft"
+    base = [sys.executable, str(REPO / "finetune/run.py"), "--tasks", "beam", "--preset", "small", "--backbone",
+            str(tiny_backbone), "--data", str(mixed_shards / "vehicles"), "--out", str(out), "--no-progress",
+            "--steps-per-epoch", "2"]
+    proc = subprocess.run(base + ["--no-optimizer-state", "--stop-after-steps", "1"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = out / "checkpoints" / "step-000001"
+    assert (ckpt / "model.safetensors").is_file() and not list(ckpt.glob("optimizer-rank*"))
+    proc = subprocess.run(base + ["--resume", "latest"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode != 0 and "written without optimizer state" in proc.stderr, proc.stderr[-2000:]
+    assert str(ckpt) in proc.stderr and (ckpt / "model.safetensors").is_file()  # names it, keeps it
+    from finetune.run import parse_config
+    assert parse_config([]).save_optimizer and not parse_config(["--no-optimizer-state"]).save_optimizer
 
 
 def _export_case(tiny_backbone, mixed_shards):
