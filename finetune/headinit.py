@@ -307,7 +307,7 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
         model.train(was_training)
     out: dict[str, float] = {}
     for t in model.cfg.tasks:
-        x = torch.cat(inputs[t]) if inputs[t] else torch.zeros(0, model.hidden)
+        x = torch.cat(inputs[t]) if inputs[t] else torch.zeros(0, model.heads[t][0].normalized_shape[0])
         y = torch.cat(labels[t]) if labels[t] else torch.zeros((0, 51) if model.specs[t].kind == "mse" else 0)
         g = torch.cat(groups[t]) if groups[t] else torch.zeros(0, dtype=torch.long)
         x, y, g = (_gather_rows(v, world, device or torch.device("cpu")) for v in (x, y, g))

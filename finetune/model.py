@@ -159,8 +159,9 @@ class ModelConfig:
     body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
     pose_anchor: str = "points"  # points: the pelvis x, y predicted from the clouds' centre (cloud_centre_xy) | none
     blockage_beams: str = "current"  # current: blockage reads frame t's beam powers and the previous T | past
+    head_skip: bool = False  # the heads also read the gated pooled embedding sum_m w_m p_m (Eq. 8's weights)
     # what a config written before a field existed was trained with (read by finetune.config.from_dict)
-    LEGACY: ClassVar[dict] = {"pose_anchor": "none", "blockage_beams": "past"}
+    LEGACY: ClassVar[dict] = {"pose_anchor": "none", "blockage_beams": "past", "head_skip": False}
 
 
 class MMSenseModel(nn.Module):
@@ -204,7 +205,10 @@ class MMSenseModel(nn.Module):
                                                                           layers=cfg.fusion_layers)
         self.task_attn = nn.ModuleDict({t: TaskLayerAttention(hidden, layers, cfg.task_attention and self.backbone is not None)
                                         for t in cfg.tasks})
-        self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, specs[t].outputs))
+        # head_skip: the head reads [task attention readout, gated pooled embedding] (task_forward)
+        self.skip = cfg.head_skip and self.backbone is not None
+        head_in = hidden + (cfg.binding.d if self.skip else 0)
+        self.heads = nn.ModuleDict({t: nn.Sequential(nn.LayerNorm(head_in), nn.Linear(head_in, specs[t].outputs))
                                     for t in cfg.tasks})
         self.loss = UncertaintyLoss(cfg.tasks)
         # the pose head predicts the pelvis position and the root-relative pose (pose_parts), each in units of
@@ -281,7 +285,10 @@ class MMSenseModel(nn.Module):
         positions = getattr(self, f"positions_{task}")[None].expand(len(weights), -1)
         out = self.backbone(inputs_embeds=x, attention_mask=causal_padding_bias(attn, x.dtype), position_ids=positions,
                             output_hidden_states=True, use_cache=False)  # one pass, no generation: no KV cache
-        return self.heads[task](self.task_attn[task](out.hidden_states, attn))
+        feat = self.task_attn[task](out.hidden_states, attn)
+        if self.skip:  # the gated pooled embedding sum_m w_m p_m beside the backbone's readout (w = 0 where absent)
+            feat = torch.cat([feat, (weights[..., None] * pooled).sum(1).to(feat.dtype)], -1)
+        return self.heads[task](feat)
 
     def forward(self, batch: dict, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, dict[str, dict]]:

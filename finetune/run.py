@@ -70,6 +70,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--blockage-beams", d.model.blockage_beams, choices=["current", "past"], help="current: the blockage task "
         "reads frame t's beam powers besides the previous T (the observations up to the frame before the predicted "
         "ones); past: only the previous T (past_beam.npy)")
+    add("--head-skip", False, action="store_true", help="the task heads also read the gated pooled embedding "
+        "sum_m w_m p_m (Eq. 8's weights on the encoders' pooled outputs) beside the task attention's readout")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress", "save_optimizer"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -101,7 +103,7 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
                       ("no_feature_norm", "feature_norm")):
         if flag in given:
             model[key] = not getattr(a, flag)
-    for key in ("body", "task_layers", "modality_dropout", "pose_anchor", "blockage_beams"):  # same name on both
+    for key in ("body", "task_layers", "modality_dropout", "pose_anchor", "blockage_beams", "head_skip"):  # same name
         if key in given:
             model[key] = getattr(a, key)
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]

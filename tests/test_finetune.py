@@ -244,6 +244,30 @@ def test_frame_t_beam_powers_reach_blockage_only(tiny_backbone, mixed_shards, bl
     assert changed == (blockage_beams == "current")
 
 
+def test_head_skip_feeds_the_gated_pooled_embedding_to_the_heads(tiny_backbone, mixed_shards):
+    """With ``head_skip`` each head reads [task attention readout, sum_m w_m p_m]: the last d columns of its
+    input are the gate's weights (Eq. 8) on the standardised pooled outputs of the task's modalities."""
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone, head_skip=True).model).eval()
+    d = model.cfg.binding.d
+    assert model.heads["beam"][1].in_features == model.hidden + d
+    seen: dict[str, torch.Tensor] = {}
+    for t in model.cfg.tasks:
+        model.heads[t].register_forward_pre_hook(lambda _m, args, t=t: seen.__setitem__(t, args[0]))
+    batch = _batch(mixed_shards, n=24)
+    with torch.no_grad():
+        _, res = model(batch)
+        enc = model.normalise({m: model.encoders[m](batch) for m in model.modalities if m in batch}, batch)
+    for t in ("beam", "har"):
+        rows = res[t]["rows"]
+        mods = [m for m in model.specs[t].inputs if m in enc]
+        pooled = torch.stack([enc[m].pooled[rows] for m in mods], 1)
+        want = (model.last_gates[t][..., None] * pooled).sum(1)
+        assert torch.allclose(seen[t][:, -d:], want, atol=1e-5), t
+    assert from_dict(ModelConfig, {"tasks": ["beam"]}).head_skip is False
+    assert MMSenseModel(_cfg(tiny_backbone).model).heads["beam"][1].in_features == model.hidden
+
+
 def test_lora_trains_adapters_and_leaves_base_weights(tiny_backbone, mixed_shards):
     torch.manual_seed(0)
     model = MMSenseModel(_cfg(tiny_backbone).model)
