@@ -12,6 +12,7 @@ import torch
 from evaluation.common import EvalConfig, finetune_checkpoint, markdown_table, pretrain_checkpoint, roots_for, write_report
 from evaluation.embed import embed_split, load_binding
 from evaluation.probe import probe_classifier, probe_regressor, subset
+from evaluation.table import FULL_MODEL
 from evaluation.training import base_config, budgeted, train_or_reuse
 from finetune.model import TASKS, label_rows
 from pretrain.data import resolve_data, split_dirs
@@ -35,7 +36,8 @@ def stage_one_features(task: str, emb: dict[str, np.ndarray]) -> np.ndarray:
 
 @torch.no_grad()
 def stage_two_features(ckpt: Path, dirs: list[Path], max_samples: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per task: the feature the head reads (after gating, fusion, backbone and task attention) and labels."""
+    """Per task: the feature the head reads (after gating, fusion, backbone and task attention; with the head
+    skip also the gated pooled embedding) and labels."""
     from finetune.train import evaluate, load_model
     model, cfg = load_model(ckpt)
     feats: dict[str, list] = {}
@@ -100,8 +102,7 @@ def fraction_finetune(ev: EvalConfig) -> dict[str, dict[str, float]]:
     for fraction, folder in ((0.1, "fewshot/finetune-10pct"), (1.0, "table/mmsense")):
         cfg = budgeted(base, ev, Path(ev.work) / folder, data=[str(r) for r in roots],
                        encoders=str(pretrain_checkpoint(ev)), fraction=fraction,
-                       model=dict(tasks=[t for t in base.model.tasks if roots_for(t, roots)], body="llm",
-                                  gating=True, task_attention=True, use_backbone=True))
+                       model={**FULL_MODEL, "tasks": [t for t in base.model.tasks if roots_for(t, roots)]})
         metrics, _ = evaluate_checkpoint(train_or_reuse(cfg), split_dirs(roots, ev.split), ev.max_eval_samples)
         out[f"{fraction:g}"] = {k: v for k, v in metrics.items() if "/gate/" not in k}
     return out

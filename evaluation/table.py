@@ -19,12 +19,15 @@ EXTRA = [("beam top-3", "beam", "top3", True), ("beam power loss dB", "beam", "p
          ("HAR macro-F1", "har", "macro_f1", True), ("MPJPE mm", "hpe", "mpjpe_mm", False),
          ("PA-MPJPE mm", "hpe", "pa_mpjpe_mm", False), ("blockage F1", "blockage", "f1", True)]
 MULTI_TASK_ROWS = {  # name → model overrides of the stage-two recipe (all with the stage-one encoders)
-    "LLM baseline (LLM4WM-style: no gating, no task attention)": dict(gating=False, task_attention=False),
+    "LLM baseline (LLM4WM-style: no gating, no task attention)": dict(gating=False, task_attention=False,
+                                                                      head_skip=False),
     "MMSense (full)": {},
     "w/o gating": dict(gating=False),
     "w/o task attention": dict(task_attention=False),
+    "w/o head skip": dict(head_skip=False),  # the heads read the backbone only (this project's addition, off)
 }
-TABLE_II = ["MMSense (full)", "w/o gating", "w/o task attention"]
+TABLE_II = ["MMSense (full)", "w/o gating", "w/o task attention", "w/o head skip"]
+FULL_MODEL = dict(body="llm", gating=True, task_attention=True, use_backbone=True, head_skip=True)  # the full row
 
 
 def evaluate_row(ckpts: list[Path], dirs_of, max_samples: int) -> dict[str, float]:
@@ -57,8 +60,7 @@ def run_table(ev: EvalConfig) -> dict[str, Any]:
     for name, overrides in MULTI_TASK_ROWS.items():
         slug = name.split(" (")[0].replace(" ", "-").replace("/", "").lower()
         cfg = budgeted(base, ev, work / slug, data=[str(r) for r in roots], encoders=encoders,
-                       model={**dict(tasks=tasks, body="llm", gating=True, task_attention=True, use_backbone=True),
-                              **overrides})
+                       model={**FULL_MODEL, "tasks": tasks, **overrides})
         rows[name] = evaluate_row([train_or_reuse(cfg)], [eval_dirs], ev.max_eval_samples)
     trivial = trivial_row(rows["MMSense (full)"])
     data = {"split": ev.split, "budget": {"epochs": ev.epochs, "steps_per_epoch": ev.steps_per_epoch,

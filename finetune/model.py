@@ -159,7 +159,7 @@ class ModelConfig:
     body: str = "llm"     # llm (the full model) | mlp | cnn | transformer (small baselines, finetune/bodies.py)
     pose_anchor: str = "points"  # points: the pelvis x, y predicted from the clouds' centre (cloud_centre_xy) | none
     blockage_beams: str = "current"  # current: blockage reads frame t's beam powers and the previous T | past
-    head_skip: bool = False  # the heads also read the gated pooled embedding sum_m w_m p_m (Eq. 8's weights)
+    head_skip: bool = True  # the heads also read the gated pooled embedding sum_m w_m p_m (Eq. 8's weights)
     # what a config written before a field existed was trained with (read by finetune.config.from_dict)
     LEGACY: ClassVar[dict] = {"pose_anchor": "none", "blockage_beams": "past", "head_skip": False}
 

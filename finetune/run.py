@@ -70,8 +70,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--blockage-beams", d.model.blockage_beams, choices=["current", "past"], help="current: the blockage task "
         "reads frame t's beam powers besides the previous T (the observations up to the frame before the predicted "
         "ones); past: only the previous T (past_beam.npy)")
-    add("--head-skip", False, action="store_true", help="the task heads also read the gated pooled embedding "
-        "sum_m w_m p_m (Eq. 8's weights on the encoders' pooled outputs) beside the task attention's readout")
+    add("--no-head-skip", False, action="store_true", help="the task heads read the task attention's readout "
+        "only, not also the gated pooled embedding sum_m w_m p_m (Eq. 8's weights on the encoders' pooled outputs)")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress", "save_optimizer"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -100,10 +100,10 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
     if backbone:
         model["backbone"] = backbone
     for flag, key in (("no_gating", "gating"), ("no_task_attention", "task_attention"), ("no_backbone", "use_backbone"),
-                      ("no_feature_norm", "feature_norm")):
+                      ("no_feature_norm", "feature_norm"), ("no_head_skip", "head_skip")):
         if flag in given:
             model[key] = not getattr(a, flag)
-    for key in ("body", "task_layers", "modality_dropout", "pose_anchor", "blockage_beams", "head_skip"):  # same name
+    for key in ("body", "task_layers", "modality_dropout", "pose_anchor", "blockage_beams"):  # same name on both
         if key in given:
             model[key] = getattr(a, key)
     unknown = [t for t in model.get("tasks", []) if t not in TASKS]

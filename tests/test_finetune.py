@@ -248,7 +248,7 @@ def test_head_skip_feeds_the_gated_pooled_embedding_to_the_heads(tiny_backbone, 
     """With ``head_skip`` each head reads [task attention readout, sum_m w_m p_m]: the last d columns of its
     input are the gate's weights (Eq. 8) on the standardised pooled outputs of the task's modalities."""
     torch.manual_seed(0)
-    model = MMSenseModel(_cfg(tiny_backbone, head_skip=True).model).eval()
+    model = MMSenseModel(_cfg(tiny_backbone).model).eval()  # the default
     d = model.cfg.binding.d
     assert model.heads["beam"][1].in_features == model.hidden + d
     seen: dict[str, torch.Tensor] = {}
@@ -264,8 +264,10 @@ def test_head_skip_feeds_the_gated_pooled_embedding_to_the_heads(tiny_backbone, 
         pooled = torch.stack([enc[m].pooled[rows] for m in mods], 1)
         want = (model.last_gates[t][..., None] * pooled).sum(1)
         assert torch.allclose(seen[t][:, -d:], want, atol=1e-5), t
-    assert from_dict(ModelConfig, {"tasks": ["beam"]}).head_skip is False
-    assert MMSenseModel(_cfg(tiny_backbone).model).heads["beam"][1].in_features == model.hidden
+    assert from_dict(ModelConfig, {"tasks": ["beam"]}).head_skip is False  # configs written before the option
+    assert MMSenseModel(_cfg(tiny_backbone, head_skip=False).model).heads["beam"][1].in_features == model.hidden
+    from finetune.run import parse_config
+    assert parse_config([]).model.head_skip and not parse_config(["--no-head-skip"]).model.head_skip
 
 
 def test_lora_trains_adapters_and_leaves_base_weights(tiny_backbone, mixed_shards):
