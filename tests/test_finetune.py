@@ -443,7 +443,10 @@ def test_task_sequence_equals_the_full_masked_layout(tiny_backbone, mixed_shards
             attn = torch.cat([present[:, :, None].expand(-1, -1, n_f).reshape(12, -1), torch.ones(12, len(ids), dtype=torch.bool)], 1)
             hidden = model.backbone(inputs_embeds=x, attention_mask=causal_padding_bias(attn, x.dtype),
                                     output_hidden_states=True, use_cache=False).hidden_states
-            ref = model.heads[task](model.task_attn[task](hidden, attn))
+            feat = model.task_attn[task](hidden, attn)
+            if model.skip:  # the head skip (default): the gated pooled embedding beside the readout
+                feat = torch.cat([feat, (weights[..., None] * torch.stack([enc[m].pooled for m in mods], 1)).sum(1)], -1)
+            ref = model.heads[task](feat)
             out = model.task_forward(task, batch, enc, slice(None))
             assert len(model.task_slots(task)) < n_mod  # the sequence is shorter than the full layout
             assert torch.allclose(out, ref, atol=1e-5), (task, (out - ref).abs().max())
