@@ -173,10 +173,10 @@ def check_resumable(ckpt: Path, cfg: FinetuneConfig) -> None:
     other optimizer groups (``OPTIMIZER_OPTIONS``; a checkpoint from before an option counts as its
     ``FinetuneConfig.LEGACY`` value)."""
     raw = saved_config(ckpt)
-    if not raw.get("save_optimizer", True):
+    saved = from_dict(FinetuneConfig, raw)
+    if not saved.save_optimizer:
         raise ValueError(f"{ckpt}: written without optimizer state (--no-optimizer-state), so it cannot be resumed; "
                          "start a new run from its recipe, or load its weights with finetune/predict.py")
-    saved = from_dict(FinetuneConfig, raw)
     check_same_options(ckpt, {**raw.get("model", {}), **{k: getattr(saved, k) for k in OPTIMIZER_OPTIONS}},
                        {**asdict(cfg.model), **{k: getattr(cfg, k) for k in OPTIMIZER_OPTIONS}})
 
