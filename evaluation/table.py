@@ -20,14 +20,16 @@ EXTRA = [("beam top-3", "beam", "top3", True), ("beam power loss dB", "beam", "p
          ("PA-MPJPE mm", "hpe", "pa_mpjpe_mm", False), ("blockage F1", "blockage", "f1", True)]
 MULTI_TASK_ROWS = {  # name → model overrides of the stage-two recipe (all with the stage-one encoders)
     "LLM baseline (LLM4WM-style: no gating, no task attention)": dict(gating=False, task_attention=False,
-                                                                      head_skip=False),
+                                                                      head_skip=False, blockage_state=False),
     "MMSense (full)": {},
     "w/o gating": dict(gating=False),
     "w/o task attention": dict(task_attention=False),
     "w/o head skip": dict(head_skip=False),  # the heads read the backbone only (this project's addition, off)
+    "w/o blockage state": dict(blockage_state=False),  # the paper's one-logit blockage head (this project's, off)
 }
-TABLE_II = ["MMSense (full)", "w/o gating", "w/o task attention", "w/o head skip"]
-FULL_MODEL = dict(body="llm", gating=True, task_attention=True, use_backbone=True, head_skip=True)  # the full row
+TABLE_II = ["MMSense (full)", "w/o gating", "w/o task attention", "w/o head skip", "w/o blockage state"]
+FULL_MODEL = dict(body="llm", gating=True, task_attention=True, use_backbone=True, head_skip=True,
+                  blockage_state=True)  # the full row
 
 
 def evaluate_row(ckpts: list[Path], dirs_of, max_samples: int) -> dict[str, float]:
@@ -51,7 +53,7 @@ def run_table(ev: EvalConfig) -> dict[str, Any]:
         for t in tasks:
             task_roots = roots_for(t, roots)
             cfg = budgeted(base, ev, work / f"{body}-{t}", data=[str(r) for r in task_roots], encoders=None,
-                           freeze_encoders=False, model=dict(tasks=[t], body=body))
+                           freeze_encoders=False, model=dict(tasks=[t], body=body, blockage_state=False))
             ckpts.append(train_or_reuse(cfg))
             dirs.append(split_dirs(task_roots, ev.split))
         rows[f"{body.upper() if body != 'transformer' else 'Transformer'} (single-task)"] = evaluate_row(

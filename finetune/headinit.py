@@ -11,7 +11,9 @@ gets the linear map fitted to its inputs, in float64 on the CPU:
   biases (the bias is penalised too, so a class the probe rows lack keeps a finite logit that fine-tuning
   can still raise);
 - ``bce`` (blockage): logistic regression weighting the positives as the loss does (negatives / positives
-  among the probe rows);
+  among the probe rows); the state head (``ModelConfig.blockage_state``) gets three unweighted ones, as its
+  loss is: frame t's state on the rows that record it, the label on the rows blocked at t, the label on the
+  clear ones (:func:`fit_state_head`);
 - ``mse`` (pose): ridge regression on the normalised pose parts the loss compares.
 
 Each penalty is chosen by a 3-fold cross-validation that holds out whole sequences, on the held-out loss:
@@ -235,11 +237,39 @@ def positive_weight(y: torch.Tensor) -> float:
     return min(max((len(y) - pos) / pos, 1.0), 20.0)
 
 
+def fit_binary(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """An unweighted logistic regression (1, k) of 0/1 labels ``y`` on ``s`` (penalty and temperature chosen
+    as for the other heads), or, where ``y`` holds one class (or none), the constant log-odds of its rate
+    smoothed by half a sample of each class."""
+    pos = float(y.sum())
+    if not 0 < pos < len(y):
+        rate = (pos + 0.5) / (len(y) + 1.0)
+        return s.new_zeros(1, s.shape[1]), s.new_full((1,), float(torch.logit(torch.tensor(rate)))), {"constant": 1.0}
+    lam, scale = choose_penalty(s, y, groups, 1, 1.0)
+    w, b = fit_logistic(s, y, 1, 1.0, lam)
+    return scale * w, scale * b, {"penalty": lam, "logit_scale": scale}
+
+
+def fit_state_head(s: torch.Tensor, y: torch.Tensor, state: torch.Tensor, groups: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The three rows (a, c, o) of the state blockage head (:func:`finetune.model.blockage_mixture`): a on
+    frame t's state where recorded, c on the labels of the rows blocked at t, o on those of the clear rows.
+    With no state recorded, a is 0 (σ = 1/2) and c and o both the fit on every label, so p is that fit."""
+    known = state >= 0
+    if not bool(known.any()):
+        w, b, info = fit_binary(s, y, groups)
+        return torch.cat([s.new_zeros(1, s.shape[1]), w, w]), torch.cat([s.new_zeros(1), b, b]), info
+    parts = [fit_binary(s[m], v[m], groups[m]) for m, v in ((known, state), (state == 1, y), (state == 0, y))]
+    info = {f"{name}_{k}": v for name, (_, _, i) in zip(("state", "blocked", "clear"), parts) for k, v in i.items()}
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), info
+
+
 def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tensor,
-             groups: torch.Tensor) -> dict[str, float]:
+             groups: torch.Tensor, state: torch.Tensor | None = None) -> dict[str, float]:
     """Fit ``task``'s head to head inputs ``x``, labels (for the pose: the head's target, the model's
-    ``goal``) and sequence ids ``groups`` (rows); returns the penalty and logit scale (logistic) or the alpha
-    (ridge) chosen, or ``skipped`` = 1 when the rows cannot be fitted."""
+    ``goal``) and sequence ids ``groups`` (rows), and for the state blockage head frame t's ``state``
+    (-1 where not recorded); returns the penalty and logit scale (logistic) or the alpha (ridge) chosen, or
+    ``skipped`` = 1 when the rows cannot be fitted."""
     kind = model.specs[task].kind
     if len(x) < 2:
         return {"skipped": 1.0}
@@ -253,6 +283,10 @@ def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tenso
         y = label.long() if kind == "ce" else label.double()
         if (len(torch.unique(y)) < 2) if kind == "ce" else not 0 < float(y.sum()) < len(y):
             return {"skipped": 1.0}  # one class only
+    if kind == "bce" and model.cfg.blockage_state:
+        state = torch.full((len(x),), -1.0) if state is None else state
+        w, b, info = fit_state_head(s, y, state.double(), groups)
+    elif kind in ("ce", "bce"):
         classes, pw = (model.specs[task].outputs, None) if kind == "ce" else (1, positive_weight(y))
         lam, scale = choose_penalty(s, y, groups, classes, pw)
         w, b = fit_logistic(s, y, classes, pw, lam)
@@ -280,6 +314,7 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
         lambda _m, args, t=t: inputs[t].append(args[0].detach().float().cpu())) for t in model.cfg.tasks]
     labels: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
     groups: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
+    states: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}  # the state blockage head's
     try:
         with torch.no_grad():
             it = iter(batches)
@@ -301,6 +336,8 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
                 for t, r in results.items():
                     labels[t].append(r.get("goal", r["label"]).detach().float().cpu())  # pose: the head's target
                     groups[t].append(seq[r["rows"].cpu()])
+                    if "state" in r:
+                        states[t].append(r["state"].detach().float().cpu())
     finally:
         for h in hooks:
             h.remove()
@@ -310,10 +347,13 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
         x = torch.cat(inputs[t]) if inputs[t] else torch.zeros(0, model.heads[t][0].normalized_shape[0])
         y = torch.cat(labels[t]) if labels[t] else torch.zeros((0, 51) if model.specs[t].kind == "mse" else 0)
         g = torch.cat(groups[t]) if groups[t] else torch.zeros(0, dtype=torch.long)
+        z = torch.cat(states[t]) if states[t] else None
         x, y, g = (_gather_rows(v, world, device or torch.device("cpu")) for v in (x, y, g))
+        if z is not None or (world > 1 and model.specs[t].kind == "bce" and model.cfg.blockage_state):
+            z = _gather_rows(z if z is not None else torch.zeros(0), world, device or torch.device("cpu"))
         if model.specs[t].kind == "mse" and len(y) > 1:  # every rank gathered the same rows: the same statistics
             y = model.refit_pose_stats(y)
             out.update({f"head_init/{t}/pelvis_spread_{a}_m": float(v) for a, v in zip("xyz", model.hpe_scale[:3])})
         out[f"head_init/{t}/rows"] = float(len(x))
-        out.update({f"head_init/{t}/{k}": v for k, v in fit_head(model, t, x, y, g).items()})
+        out.update({f"head_init/{t}/{k}": v for k, v in fit_head(model, t, x, y, g, z).items()})
     return out

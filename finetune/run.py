@@ -72,6 +72,9 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "ones); past: only the previous T (past_beam.npy)")
     add("--no-head-skip", False, action="store_true", help="the task heads read the task attention's readout "
         "only, not also the gated pooled embedding sum_m w_m p_m (Eq. 8's weights on the encoders' pooled outputs)")
+    add("--no-blockage-state", False, action="store_true", help="the blockage head outputs the label's log-odds "
+        "alone (trained with the positives weighted) instead of frame t's state and the label given it, trained "
+        "on both where the shards record frame t's state")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress", "save_optimizer"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -100,7 +103,8 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
     if backbone:
         model["backbone"] = backbone
     for flag, key in (("no_gating", "gating"), ("no_task_attention", "task_attention"), ("no_backbone", "use_backbone"),
-                      ("no_feature_norm", "feature_norm"), ("no_head_skip", "head_skip")):
+                      ("no_feature_norm", "feature_norm"), ("no_head_skip", "head_skip"),
+                      ("no_blockage_state", "blockage_state")):
         if flag in given:
             model[key] = not getattr(a, flag)
     for key in ("body", "task_layers", "modality_dropout", "pose_anchor", "blockage_beams"):  # same name on both

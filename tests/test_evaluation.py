@@ -151,7 +151,8 @@ def test_evaluation_run_end_to_end(tiny_backbone, mixed_shards, tmp_path):
     tables = json.loads((reports / "tables.json").read_text())
     assert set(tables["table1"]) >= {"MLP (single-task)", "CNN (single-task)", "Transformer (single-task)",
                                      "MMSense (full)", "LLM baseline (LLM4WM-style: no gating, no task attention)"}
-    assert set(tables["table2"]) == {"MMSense (full)", "w/o gating", "w/o task attention", "w/o head skip"}
+    assert set(tables["table2"]) == {"MMSense (full)", "w/o gating", "w/o task attention", "w/o head skip",
+                                     "w/o blockage state"}
     for row in tables["table1"].values():
         assert 0.0 <= row["beam/top1"] <= 1.0 and row["hpe/mpjpe_mm"] > 0
     zs = json.loads((reports / "zeroshot.json").read_text())

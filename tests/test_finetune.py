@@ -51,8 +51,8 @@ def test_forward_shapes_and_label_masks(tiny_backbone, mixed_shards):
 def test_pose_scale_and_blockage_weight_come_from_training_labels(tiny_backbone, mixed_shards, anchor):
     """With the anchor, the pelvis x, y is learnt relative to the median of the sample's LiDAR points (radar
     where LiDAR has none): its mean and spread are those of the pelvis minus that centre."""
-    torch.manual_seed(0)
-    model = MMSenseModel(_cfg(tiny_backbone, pose_anchor=anchor).model)
+    torch.manual_seed(0)  # the one-logit blockage head, whose loss weights the positives
+    model = MMSenseModel(_cfg(tiny_backbone, pose_anchor=anchor, blockage_state=False).model)
     batch = _batch(mixed_shards, n=24)
     batch["blockage"][:6] = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # 2 positives, 4 negatives
     batch["blockage"][6:] = -1.0
@@ -268,6 +268,44 @@ def test_head_skip_feeds_the_gated_pooled_embedding_to_the_heads(tiny_backbone, 
     assert MMSenseModel(_cfg(tiny_backbone, head_skip=False).model).heads["beam"][1].in_features == model.hidden
     from finetune.run import parse_config
     assert parse_config([]).model.head_skip and not parse_config(["--no-head-skip"]).model.head_skip
+
+
+def test_state_blockage_head_mixture_and_loss_by_hand(tiny_backbone, mixed_shards):
+    """The default blockage head outputs (a, c, o): the label's probability is σ(a)σ(c) + σ(-a)σ(o), trained by
+    plain binary cross-entropy, plus that of frame t's state under σ(a) on the rows that record it."""
+    from finetune.model import blockage_mixture
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone).model)
+    assert model.heads["blockage"][1].out_features == 3
+    batch = _batch(mixed_shards, n=24)
+    batch["blockage"][:6] = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    batch["blockage"][6:] = -1.0
+    batch["blocked_now"][:6] = torch.tensor([1.0, 0.0, 1.0, -1.0, 0.0, 0.0])  # one row without the state
+    batch["present"]["past_beam"][:6] = True
+    raw = []
+    model.heads["blockage"].register_forward_hook(lambda _m, _a, out: raw.append(out))
+    _, res = model(batch)
+    a, c, o = raw[0].double().unbind(-1)
+    sig = torch.sigmoid
+    p = sig(a) * sig(c) + sig(-a) * sig(o)
+    r = res["blockage"]
+    assert r["output"].shape == (6, 1)
+    assert torch.allclose(r["output"][:, 0].double(), torch.log(p / (1 - p)), atol=1e-5)
+    y, z = r["label"].double(), batch["blocked_now"][:6].double()
+    label_loss = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    known = z >= 0
+    state_loss = -(z * torch.log(sig(a)) + (1 - z) * torch.log(sig(-a)))[known].sum() / 6
+    assert float(r["loss"].detach()) == pytest.approx(float(label_loss + state_loss), rel=1e-5)
+    assert torch.equal(r["state"], batch["blocked_now"][:6])
+    # finite and exact far from zero: a certain state makes the label that state's own probability
+    big = torch.tensor([[40.0, 3.0, -5.0], [-40.0, 3.0, -5.0], [0.0, -60.0, 60.0]])
+    out = blockage_mixture(big)[:, 0]
+    assert torch.isfinite(out).all() and torch.allclose(out[:2], torch.tensor([3.0, -5.0]), atol=1e-4)
+    assert float(out[2]) == pytest.approx(0.0, abs=1e-6)
+    assert from_dict(ModelConfig, {"tasks": ["blockage"]}).blockage_state is False  # configs written before it
+    assert MMSenseModel(_cfg(tiny_backbone, blockage_state=False).model).heads["blockage"][1].out_features == 1
+    from finetune.run import parse_config
+    assert parse_config([]).model.blockage_state and not parse_config(["--no-blockage-state"]).model.blockage_state
 
 
 def test_lora_trains_adapters_and_leaves_base_weights(tiny_backbone, mixed_shards):

@@ -185,6 +185,46 @@ def test_probe_fits_only_the_heads(tiny_backbone, mixed_shards):
     assert info["head_init/har/penalty"] in LOGISTIC_PENALTIES and info["head_init/hpe/alpha"] in RIDGE_ALPHAS
 
 
+def test_state_head_fits_the_state_and_the_label_given_each_state():
+    """The state blockage head's probe: row a fits frame t's state where recorded, c the labels of the rows
+    blocked at t, o those of the clear rows; one class → its smoothed constant; no state → a = 0, c = o."""
+    from finetune.headinit import fit_binary, fit_state_head
+    g = torch.Generator().manual_seed(0)
+    n = 240
+    s = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    state = (s[:, 0] + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) > 1.0).double()
+    onset = (s[:, 1] + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) > 1.5).double()
+    y = torch.where(state == 1, (s[:, 2] > -1.0).double(), onset)
+    groups = torch.arange(n) // 8
+    state[::17] = -1.0  # not recorded
+    w, b, info = fit_state_head(s, y, state, groups)
+    for row, mask, target in ((0, state >= 0, state), (1, state == 1, y), (2, state == 0, y)):
+        w_ref, b_ref, _ = fit_binary(s[mask], target[mask], groups[mask])
+        assert torch.allclose(w[row], w_ref[0]) and torch.allclose(b[row], b_ref)
+    assert {"state_penalty", "blocked_logit_scale", "clear_penalty"} <= set(info)
+    assert float(w[0, 0]) > 0 and float(w[2, 1]) > 0 and float(w[1, 2]) > 0  # each reads its own cause
+    w1, b1, info1 = fit_binary(s[:10], torch.ones(10, dtype=torch.float64), groups[:10])
+    assert info1 == {"constant": 1.0} and not w1.any() and float(b1) == pytest.approx(np.log(10.5 / 0.5))
+    w, b, _ = fit_state_head(s, y, torch.full((n,), -1.0, dtype=torch.float64), groups)
+    assert not w[0].any() and float(b[0]) == 0.0 and torch.equal(w[1], w[2]) and torch.equal(b[1], b[2])
+
+
+def test_probe_fits_the_state_blockage_head(tiny_backbone, mixed_shards):
+    torch.manual_seed(0)
+    model = MMSenseModel(_cfg(tiny_backbone).model)
+    batches = [_batch(mixed_shards, n=16, offset=16 * i) for i in range(3)]
+    for i, b in enumerate(batches):  # blockage rows with both labels and both states
+        rows = b["beam_label"] >= 0
+        b["blockage"][rows] = (torch.arange(int(rows.sum())) % 3 == i % 3).float()
+        b["blocked_now"][rows] = (torch.arange(int(rows.sum())) % 2).float()
+        b["present"]["past_beam"][rows] = True
+    before = model.heads["blockage"][1].weight.clone()
+    info = init_heads_by_probe(model, batches)
+    assert info["head_init/blockage/rows"] > 0 and "head_init/blockage/skipped" not in info
+    assert "head_init/blockage/state_logit_scale" in info and "head_init/blockage/clear_logit_scale" in info
+    assert not torch.equal(before, model.heads["blockage"][1].weight)
+
+
 def test_probe_reads_a_one_pass_iterator_like_a_list(tiny_backbone, mixed_shards):
     """``probe_heads`` hands the probe a generator over the loader: read once, it fits the heads a list does."""
     batches = [_batch(mixed_shards, n=16, offset=16 * i) for i in range(3)]
