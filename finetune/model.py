@@ -376,6 +376,7 @@ class MMSenseModel(nn.Module):
                 out = self.pose_output(out, anchor)
             elif self.cfg.blockage_state:
                 state = self.state_target(batch, rows[t]).to(out.device)
+                state_logit = out[:, 0]
                 loss, out = blockage_state_loss(out, label, state)
             else:
                 w = self.pos_weight()
@@ -387,6 +388,7 @@ class MMSenseModel(nn.Module):
             results[t] = {"rows": rows[t], "output": out, "label": label, "loss": loss}
             if kind == "bce" and self.cfg.blockage_state:
                 results[t]["state"] = state  # frame t's state (-1: not recorded), which the head probe fits
+                results[t]["state_logit"] = state_logit  # a: the head's log-odds of that state
             if kind == "mse":
                 results[t]["goal"] = goal.detach()  # what the head is trained to output (the head probe fits it)
         total = self.loss(losses) if losses else sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)

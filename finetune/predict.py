@@ -44,7 +44,8 @@ def predictions(checkpoint: Path, shards: list[Path], max_samples: int | None = 
                 pred, truth = {"activity": int(out.argmax())}, int(lab)
             elif task == "hpe":
                 pred, truth = {"keypoints": np.round(out.reshape(17, 3), 4).tolist()}, np.round(lab.reshape(17, 3), 4).tolist()
-            else:  # the model's blockage output is already prior-corrected: a probability, not a balanced score
+            else:  # the blockage output is the log-odds under the data's prior (the state head's mixture, or the
+                # one-logit head's prior-corrected score): a probability, not a balanced score
                 prob = float(1 / (1 + np.exp(-out[0])))
                 pred, truth = {"blockage_probability": round(prob, 5), "blockage": int(prob >= 0.5)}, int(lab)
             yield {"key": str(key), "task": task, "prediction": pred, "label": truth}

@@ -87,6 +87,8 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
                 g["power"].append(batch["beam"][rows].numpy())
             if t == "blockage" and "blocked_now" in batch:
                 g["now"].append(batch["blocked_now"][rows].numpy())
+            if "state_logit" in r:
+                g.setdefault("state_logit", []).append(r["state_logit"].float().cpu().numpy())
             gates.setdefault(t, []).append(model.last_gates[t].float().cpu().numpy())
     model.train()
     metrics: dict[str, float] = {}
@@ -101,6 +103,10 @@ def evaluate(model: MMSenseModel, cfg: FinetuneConfig, dirs: list[Path], max_sam
         arrays[t] = {"output": out, "label": lab, "key": np.array(g["key"]), **({"power": power} if power is not None else {})}
         if g["now"]:
             arrays[t]["blocked_now"] = np.concatenate(g["now"]).astype(int)
+            if g.get("state_logit"):  # the state blockage head: how well it reads frame t's state, where recorded
+                now, logit = arrays[t]["blocked_now"], np.concatenate(g["state_logit"])
+                if bool((now >= 0).any()):
+                    metrics[f"{t}/state_accuracy"] = float(((logit >= 0) == (now == 1))[now >= 0].mean())
         mods = [m for m in model.specs[t].inputs if m in model.modalities]
         mean_gate = np.concatenate(gates[t]).mean(0)
         for m, w in zip([m for m in mods], mean_gate):

@@ -815,7 +815,7 @@ def test_persistence_reference_of_blockage():
 
 def test_evaluate_carries_frame_t_state_of_blockage_samples(tiny_backbone, mixed_shards):
     """The persistence reference reads each blockage sample's own ``blocked`` (shards' meta), row for row."""
-    from finetune.train import baselines, evaluate
+    from finetune.train import baselines, capped_batches, evaluate, stream_config
     torch.manual_seed(0)
     cfg = _cfg(tiny_backbone)
     model = MMSenseModel(cfg.model)
@@ -825,5 +825,11 @@ def test_evaluate_carries_frame_t_state_of_blockage_samples(tiny_backbone, mixed
     meta = {s["__key__"]: s["meta"] for s in iter_samples(dirs[0], image_size=32)}
     assert len(a["key"]) and [meta[k]["blocked"] for k in a["key"]] == a["blocked_now"].tolist()
     assert [meta[k]["blockage_future"] for k in a["key"]] == a["label"].tolist()
+    metrics, _ = evaluate(model, cfg, dirs)
+    with torch.no_grad():  # the state head's own reading of frame t's state, by hand
+        model.eval()
+        logit = torch.cat([model(b)[1]["blockage"]["state_logit"] for b in capped_batches(
+            dirs, stream_config(cfg, 32, 0, False, cfg.model.binding.modalities), None)])
+    assert metrics["blockage/state_accuracy"] == pytest.approx(float(((logit >= 0).numpy() == (a["blocked_now"] == 1)).mean()))
     out = baselines({"blockage": [0, 0, 1]}, arrays)
     assert out["blockage/persistence_accuracy"] == pytest.approx(float((a["blocked_now"] == a["label"]).mean()))
