@@ -12,8 +12,9 @@ gets the linear map fitted to its inputs, in float64 on the CPU:
   can still raise);
 - ``bce`` (blockage): logistic regression weighting the positives as the loss does (negatives / positives
   among the probe rows); the state head (``ModelConfig.blockage_state``) gets three unweighted ones, as its
-  loss is: frame t's state on the rows that record it, the label on the rows blocked at t, the label on the
-  clear ones (:func:`fit_state_head`);
+  loss is: frame t's state on the rows that record it (on the state head's input, frame t's beam embedding,
+  where the task reads frame t's powers), the label on the rows blocked at t, the label on the clear ones
+  (:func:`fit_state_head`);
 - ``mse`` (pose): ridge regression on the normalised pose parts the loss compares.
 
 Each penalty is chosen by a 3-fold cross-validation that holds out whole sequences, on the held-out loss:
@@ -250,42 +251,56 @@ def fit_binary(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[
     return scale * w, scale * b, {"penalty": lam, "logit_scale": scale}
 
 
-def fit_state_head(s: torch.Tensor, y: torch.Tensor, state: torch.Tensor, groups: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """The three rows (a, c, o) of the state blockage head (:func:`finetune.model.blockage_mixture`): a on
-    frame t's state where recorded, c on the labels of the rows blocked at t, o on those of the clear rows.
-    With no state recorded, a is 0 (σ = 1/2) and c and o both the fit on every label, so p is that fit."""
+def fit_state_head(s: torch.Tensor, y: torch.Tensor, state: torch.Tensor, groups: torch.Tensor,
+                   s_state: torch.Tensor | None = None) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+    """The fits (weights (1, k), bias) of a, c and o of the state blockage head
+    (:func:`finetune.model.blockage_mixture`): a on frame t's state where recorded, from ``s_state`` (the state
+    head's input; default ``s``), c on the labels of the rows blocked at t, o on those of the clear rows. With
+    no state recorded, a is 0 (σ = 1/2) and c and o both the fit on every label, so p is that fit."""
+    s_state = s if s_state is None else s_state
     known = state >= 0
     if not bool(known.any()):
         w, b, info = fit_binary(s, y, groups)
-        return torch.cat([s.new_zeros(1, s.shape[1]), w, w]), torch.cat([s.new_zeros(1), b, b]), info
-    parts = [fit_binary(s[m], v[m], groups[m]) for m, v in ((known, state), (state == 1, y), (state == 0, y))]
+        return [(s_state.new_zeros(1, s_state.shape[1]), s_state.new_zeros(1)), (w, b), (w, b)], info
+    parts = [fit_binary(x[m], v[m], groups[m]) for x, m, v in ((s_state, known, state), (s, state == 1, y), (s, state == 0, y))]
     info = {f"{name}_{k}": v for name, (_, _, i) in zip(("state", "blocked", "clear"), parts) for k, v in i.items()}
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), info
+    return [(w, b) for w, b, _ in parts], info
+
+
+def normed(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """``x`` through a head's LayerNorm as it stands, in float64 on the CPU."""
+    with torch.no_grad():
+        return F.layer_norm(x.double(), norm.normalized_shape, norm.weight.double().cpu(), norm.bias.double().cpu(),
+                            norm.eps)
 
 
 def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tensor,
-             groups: torch.Tensor, state: torch.Tensor | None = None) -> dict[str, float]:
+             groups: torch.Tensor, state: torch.Tensor | None = None, state_x: torch.Tensor | None = None
+             ) -> dict[str, float]:
     """Fit ``task``'s head to head inputs ``x``, labels (for the pose: the head's target, the model's
     ``goal``) and sequence ids ``groups`` (rows), and for the state blockage head frame t's ``state``
-    (-1 where not recorded); returns the penalty and logit scale (logistic) or the alpha (ridge) chosen, or
-    ``skipped`` = 1 when the rows cannot be fitted."""
+    (-1 where not recorded) and, with ``model.state_head``, that head's inputs ``state_x``; returns the
+    penalty and logit scale (logistic) or the alpha (ridge) chosen, or ``skipped`` = 1 when the rows cannot be
+    fitted."""
     kind = model.specs[task].kind
     if len(x) < 2:
         return {"skipped": 1.0}
     head = model.heads[task]
-    norm = head[0]
-    with torch.no_grad():  # the head's LayerNorm, as it stands
-        z = F.layer_norm(x.double(), norm.normalized_shape, norm.weight.double().cpu(), norm.bias.double().cpu(),
-                         norm.eps)
-    s, mean, std = standardise(z)
+    s, mean, std = standardise(normed(x, head[0]))
     if kind in ("ce", "bce"):
         y = label.long() if kind == "ce" else label.double()
         if (len(torch.unique(y)) < 2) if kind == "ce" else not 0 < float(y.sum()) < len(y):
             return {"skipped": 1.0}  # one class only
     if kind == "bce" and model.cfg.blockage_state:
         state = torch.full((len(x),), -1.0) if state is None else state
-        w, b, info = fit_state_head(s, y, state.double(), groups)
+        s_a = None
+        if model.state_head is not None:
+            s_a, mean_a, std_a = standardise(normed(state_x, model.state_head[0]))
+        parts, info = fit_state_head(s, y, state.double(), groups, s_a)
+        if model.state_head is not None:
+            set_linear(model.state_head, *parts[0], mean_a, std_a)
+            parts = parts[1:]
+        w, b = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     elif kind in ("ce", "bce"):
         classes, pw = (model.specs[task].outputs, None) if kind == "ce" else (1, positive_weight(y))
         lam, scale = choose_penalty(s, y, groups, classes, pw)
@@ -315,6 +330,10 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
     labels: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
     groups: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}
     states: dict[str, list[torch.Tensor]] = {t: [] for t in model.cfg.tasks}  # the state blockage head's
+    state_inputs: list[torch.Tensor] = []  # the inputs of model.state_head (frame t's beam embedding)
+    if model.state_head is not None:
+        hooks.append(model.state_head.register_forward_pre_hook(
+            lambda _m, args: state_inputs.append(args[0].detach().float().cpu())))
     try:
         with torch.no_grad():
             it = iter(batches)
@@ -329,6 +348,7 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
                 model(first, reduce=reduce)  # fixes the feature and label statistics, like a first step
                 for t in inputs:
                     inputs[t].clear()
+                state_inputs.clear()
             model.eval()
             for batch in itertools.chain([] if first is None else [first], it):
                 _, results = model(batch)
@@ -349,11 +369,15 @@ def init_heads_by_probe(model: MMSenseModel, batches: Iterable[dict], reduce: Ca
         g = torch.cat(groups[t]) if groups[t] else torch.zeros(0, dtype=torch.long)
         z = torch.cat(states[t]) if states[t] else None
         x, y, g = (_gather_rows(v, world, device or torch.device("cpu")) for v in (x, y, g))
-        if z is not None or (world > 1 and model.specs[t].kind == "bce" and model.cfg.blockage_state):
+        xs = None
+        if model.specs[t].kind == "bce" and model.cfg.blockage_state:  # every rank gathers, with rows or not
             z = _gather_rows(z if z is not None else torch.zeros(0), world, device or torch.device("cpu"))
+            if model.state_head is not None:
+                xs = torch.cat(state_inputs) if state_inputs else torch.zeros(0, model.cfg.binding.d)
+                xs = _gather_rows(xs, world, device or torch.device("cpu"))
         if model.specs[t].kind == "mse" and len(y) > 1:  # every rank gathered the same rows: the same statistics
             y = model.refit_pose_stats(y)
             out.update({f"head_init/{t}/pelvis_spread_{a}_m": float(v) for a, v in zip("xyz", model.hpe_scale[:3])})
         out[f"head_init/{t}/rows"] = float(len(x))
-        out.update({f"head_init/{t}/{k}": v for k, v in fit_head(model, t, x, y, g, z).items()})
+        out.update({f"head_init/{t}/{k}": v for k, v in fit_head(model, t, x, y, g, z, xs).items()})
     return out

@@ -276,16 +276,21 @@ def test_state_blockage_head_mixture_and_loss_by_hand(tiny_backbone, mixed_shard
     from finetune.model import blockage_mixture
     torch.manual_seed(0)
     model = MMSenseModel(_cfg(tiny_backbone).model)
-    assert model.heads["blockage"][1].out_features == 3
+    # a from frame t's beam embedding (state_head), c and o from the head
+    assert model.heads["blockage"][1].out_features == 2 and model.state_head is not None
     batch = _batch(mixed_shards, n=24)
     batch["blockage"][:6] = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
     batch["blockage"][6:] = -1.0
     batch["blocked_now"][:6] = torch.tensor([1.0, 0.0, 1.0, -1.0, 0.0, 0.0])  # one row without the state
     batch["present"]["past_beam"][:6] = True
-    raw = []
-    model.heads["blockage"].register_forward_hook(lambda _m, _a, out: raw.append(out))
+    seen = {}
+    model.heads["blockage"].register_forward_hook(lambda _m, _a, out: seen.__setitem__("co", out))
+    model.state_head.register_forward_hook(lambda _m, args, out: seen.update(a=out, a_in=args[0]))
     _, res = model(batch)
-    a, c, o = raw[0].double().unbind(-1)
+    enc = model.normalise({m: model.encoders[m](batch) for m in model.modalities if m in batch}, batch)
+    assert torch.allclose(seen["a_in"], enc["beam"].pooled[res["blockage"]["rows"]], atol=1e-6)
+    a = seen["a"][:, 0].double()
+    c, o = seen["co"].double().unbind(-1)
     sig = torch.sigmoid
     p = sig(a) * sig(c) + sig(-a) * sig(o)
     r = res["blockage"]
@@ -304,6 +309,10 @@ def test_state_blockage_head_mixture_and_loss_by_hand(tiny_backbone, mixed_shard
     assert float(out[2]) == pytest.approx(0.0, abs=1e-6)
     assert from_dict(ModelConfig, {"tasks": ["blockage"]}).blockage_state is False  # configs written before it
     assert MMSenseModel(_cfg(tiny_backbone, blockage_state=False).model).heads["blockage"][1].out_features == 1
+    past = MMSenseModel(_cfg(tiny_backbone, blockage_beams="past").model)  # no frame t powers: a from the head
+    assert past.state_head is None and past.heads["blockage"][1].out_features == 3
+    _, res = past(batch)
+    assert res["blockage"]["output"].shape == (6, 1)
     from finetune.run import parse_config
     assert parse_config([]).model.blockage_state and not parse_config(["--no-blockage-state"]).model.blockage_state
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zlib
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from finetune.headinit import (LOGISTIC_PENALTIES, RIDGE_ALPHAS, _loss, choose_alpha, choose_penalty, fit_logistic,
                                fit_logit_scale, fit_ridge, init_heads_by_probe, set_linear, standardise)
 from finetune.model import MMSenseModel
+from finetune.significance import sequence_of
 from tests.test_finetune import REPO, _batch, _cfg
 
 
@@ -197,16 +199,18 @@ def test_state_head_fits_the_state_and_the_label_given_each_state():
     y = torch.where(state == 1, (s[:, 2] > -1.0).double(), onset)
     groups = torch.arange(n) // 8
     state[::17] = -1.0  # not recorded
-    w, b, info = fit_state_head(s, y, state, groups)
-    for row, mask, target in ((0, state >= 0, state), (1, state == 1, y), (2, state == 0, y)):
-        w_ref, b_ref, _ = fit_binary(s[mask], target[mask], groups[mask])
-        assert torch.allclose(w[row], w_ref[0]) and torch.allclose(b[row], b_ref)
+    s_state = s[:, :2] * 3.0  # the state head's own input (frame t's beam embedding in the model)
+    parts, info = fit_state_head(s, y, state, groups, s_state)
+    for (w, b), x, mask, target in zip(parts, (s_state, s, s), (state >= 0, state == 1, state == 0), (state, y, y)):
+        w_ref, b_ref, _ = fit_binary(x[mask], target[mask], groups[mask])
+        assert torch.allclose(w, w_ref) and torch.allclose(b, b_ref)
     assert {"state_penalty", "blocked_logit_scale", "clear_penalty"} <= set(info)
-    assert float(w[0, 0]) > 0 and float(w[2, 1]) > 0 and float(w[1, 2]) > 0  # each reads its own cause
+    assert parts[0][0].shape == (1, 2) and parts[1][0].shape == (1, 4)
+    assert float(parts[0][0][0, 0]) > 0 and float(parts[2][0][0, 1]) > 0 and float(parts[1][0][0, 2]) > 0  # own causes
     w1, b1, info1 = fit_binary(s[:10], torch.ones(10, dtype=torch.float64), groups[:10])
     assert info1 == {"constant": 1.0} and not w1.any() and float(b1) == pytest.approx(np.log(10.5 / 0.5))
-    w, b, _ = fit_state_head(s, y, torch.full((n,), -1.0, dtype=torch.float64), groups)
-    assert not w[0].any() and float(b[0]) == 0.0 and torch.equal(w[1], w[2]) and torch.equal(b[1], b[2])
+    (wa, ba), (wc, bc), (wo, bo) = fit_state_head(s, y, torch.full((n,), -1.0, dtype=torch.float64), groups)[0]
+    assert not wa.any() and float(ba) == 0.0 and torch.equal(wc, wo) and torch.equal(bc, bo)
 
 
 def test_probe_fits_the_state_blockage_head(tiny_backbone, mixed_shards):
@@ -218,11 +222,31 @@ def test_probe_fits_the_state_blockage_head(tiny_backbone, mixed_shards):
         b["blockage"][rows] = (torch.arange(int(rows.sum())) % 3 == i % 3).float()
         b["blocked_now"][rows] = (torch.arange(int(rows.sum())) % 2).float()
         b["present"]["past_beam"][rows] = True
-    before = model.heads["blockage"][1].weight.clone()
+    before = [model.heads["blockage"][1].weight.clone(), model.state_head[1].weight.clone()]
     info = init_heads_by_probe(model, batches)
     assert info["head_init/blockage/rows"] > 0 and "head_init/blockage/skipped" not in info
     assert "head_init/blockage/state_logit_scale" in info and "head_init/blockage/clear_logit_scale" in info
-    assert not torch.equal(before, model.heads["blockage"][1].weight)
+    assert not torch.equal(before[0], model.heads["blockage"][1].weight)
+    assert not torch.equal(before[1], model.state_head[1].weight)
+    # the state head reproduces the state fit on its inputs (frame t's beam embedding), evaluation mode
+    from finetune.headinit import fit_binary, normed
+    model.eval()
+    got = {"x": [], "a": [], "z": [], "g": []}
+    def keep(_m, args, out) -> None:
+        got["x"].append(args[0].double())
+        got["a"].append(out[:, 0].double())
+    hook = model.state_head.register_forward_hook(keep)
+    with torch.no_grad():
+        for b in batches:
+            r = model(b)[1]["blockage"]
+            got["z"].append(r["state"].double())
+            got["g"].append(torch.tensor([zlib.crc32(sequence_of(k).encode()) for k, keep in
+                                          zip(b["key"], r["rows"].tolist()) if keep]))
+    hook.remove()
+    x, z, g = torch.cat(got["x"]), torch.cat(got["z"]), torch.cat(got["g"])
+    s, _, _ = standardise(normed(x, model.state_head[0]))
+    w, bias, _ = fit_binary(s, z, g)
+    assert torch.allclose(torch.cat(got["a"]), (s @ w.T + bias)[:, 0], atol=1e-3)
 
 
 def test_probe_reads_a_one_pass_iterator_like_a_list(tiny_backbone, mixed_shards):
