@@ -279,8 +279,8 @@ class MMSenseModel(nn.Module):
         return [j for j, m in enumerate(self.modalities) if m in self.specs[task].inputs]
 
     def task_specific_parameters(self) -> list[nn.Parameter]:
-        """The weights of the per-task modules (gating, task attention, heads): new at stage two, they may
-        get their own learning rate (``--head-lr-scale``)."""
+        """The weights of the per-task modules (gating, task attention, heads, the blockage state head): new at
+        stage two, they may get their own learning rate (``--head-lr-scale``)."""
         return [p for m in (self.gating, self.task_attn, self.heads, self.state_head) if m is not None for p in m.parameters()]
 
     def normalise(self, enc: dict, batch: dict) -> dict:

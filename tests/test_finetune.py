@@ -494,6 +494,8 @@ def test_task_sequence_equals_the_full_masked_layout(tiny_backbone, mixed_shards
             if model.skip:  # the head skip (default): the gated pooled embedding beside the readout
                 feat = torch.cat([feat, (weights[..., None] * torch.stack([enc[m].pooled for m in mods], 1)).sum(1)], -1)
             ref = model.heads[task](feat)
+            if task == "blockage":  # the state logit from frame t's beam embedding before the head's c and o
+                ref = torch.cat([model.state_head(enc["beam"].pooled), ref], -1)
             out = model.task_forward(task, batch, enc, slice(None))
             assert len(model.task_slots(task)) < n_mod  # the sequence is shorter than the full layout
             assert torch.allclose(out, ref, atol=1e-5), (task, (out - ref).abs().max())
@@ -679,7 +681,7 @@ def test_task_modules_get_their_own_learning_rate(tiny_backbone):
     by_lr = {g["lr"]: {names[id(p)] for p in g["params"]} for g in groups}
     assert sorted(by_lr) == [1e-3, pytest.approx(1e-2)]
     fast, base = by_lr[max(by_lr)], by_lr[1e-3]
-    assert fast and all(n.split(".")[0] in ("gating", "task_attn", "heads") for n in fast)
+    assert fast and all(n.split(".")[0] in ("gating", "task_attn", "heads", "state_head") for n in fast)
     assert any(n.startswith("fusion.") for n in base) and any("lora_" in n for n in base)
     assert any(n.startswith("loss.log_vars") for n in base)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
