@@ -240,8 +240,8 @@ def test_probe_fits_the_state_blockage_head(tiny_backbone, mixed_shards):
         for b in batches:
             r = model(b)[1]["blockage"]
             got["z"].append(r["state"].double())
-            got["g"].append(torch.tensor([zlib.crc32(sequence_of(k).encode()) for k, keep in
-                                          zip(b["key"], r["rows"].tolist()) if keep]))
+            got["g"].append(torch.tensor([zlib.crc32(sequence_of(k).encode()) for k, kept in
+                                          zip(b["key"], r["rows"].tolist()) if kept]))
     hook.remove()
     x, z, g = torch.cat(got["x"]), torch.cat(got["z"]), torch.cat(got["g"])
     s, _, _ = standardise(normed(x, model.state_head[0]))
