@@ -238,6 +238,14 @@ def positive_weight(y: torch.Tensor) -> float:
     return min(max((len(y) - pos) / pos, 1.0), 20.0)
 
 
+def fit_calibrated(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, classes: int,
+                   pos_weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The logistic fit of the penalty :func:`choose_penalty` picks, times its logit scale, and both."""
+    lam, scale = choose_penalty(s, y, groups, classes, pos_weight)
+    w, b = fit_logistic(s, y, classes, pos_weight, lam)
+    return scale * w, scale * b, {"penalty": lam, "logit_scale": scale}
+
+
 def fit_binary(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """An unweighted logistic regression (1, k) of 0/1 labels ``y`` on ``s`` (penalty and temperature chosen
     as for the other heads), or, where ``y`` holds one class (or none), the constant log-odds of its rate
@@ -246,9 +254,7 @@ def fit_binary(s: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[
     if not 0 < pos < len(y):
         rate = (pos + 0.5) / (len(y) + 1.0)
         return s.new_zeros(1, s.shape[1]), s.new_full((1,), float(torch.logit(torch.tensor(rate)))), {"constant": 1.0}
-    lam, scale = choose_penalty(s, y, groups, 1, 1.0)
-    w, b = fit_logistic(s, y, 1, 1.0, lam)
-    return scale * w, scale * b, {"penalty": lam, "logit_scale": scale}
+    return fit_calibrated(s, y, groups, 1, 1.0)
 
 
 def fit_state_head(s: torch.Tensor, y: torch.Tensor, state: torch.Tensor, groups: torch.Tensor,
@@ -303,10 +309,7 @@ def fit_head(model: MMSenseModel, task: str, x: torch.Tensor, label: torch.Tenso
         w, b = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     elif kind in ("ce", "bce"):
         classes, pw = (model.specs[task].outputs, None) if kind == "ce" else (1, positive_weight(y))
-        lam, scale = choose_penalty(s, y, groups, classes, pw)
-        w, b = fit_logistic(s, y, classes, pw, lam)
-        w, b = scale * w, scale * b
-        info = {"penalty": lam, "logit_scale": scale}
+        w, b, info = fit_calibrated(s, y, groups, classes, pw)
     else:  # the pose parts in units of their spread around their mean, as the loss compares them
         goal = label.double()  # already the head's target (MMSenseModel.pose_goal), collected by the probe
         alpha = choose_alpha(s, goal, groups)
