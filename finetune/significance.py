@@ -100,6 +100,28 @@ def per_frame_scores(task: str, output: np.ndarray, label: np.ndarray, train_lab
             "pa_mpjpe_mm": (pa_mpjpe_per_frame_mm(pred, true), pa_mpjpe_per_frame_mm(mean, true))}
 
 
+def persistence_intervals(a: dict[str, np.ndarray], train_labels: list, n_boot: int = N_BOOT,
+                          seed: int = 0) -> dict[str, float]:
+    """Where every blockage frame records the link's state at frame t (``blocked_now`` >= 0): how far the
+    persistence reference (frame t's own state as the answer) lies above the majority class, and the model
+    from it, each with its interval. The first says how much room the split leaves a model that reads frame
+    t's state perfectly but foresees no onset; on a split of few sequences it can itself be near zero."""
+    now = a.get("blocked_now")
+    if now is None or not len(now) or not bool((now >= 0).all()):
+        return {}
+    label = a["label"].astype(int)
+    persist = (now == label).astype(float)
+    model = ((a["output"].reshape(-1) >= 0).astype(int) == label).astype(float)
+    major = (label == majority_class(train_labels)).astype(float)
+    out = {}
+    for name, (x, y) in {"persistence_minus_baseline": (persist, major),
+                         "accuracy_minus_persistence": (model, persist)}.items():
+        r = paired_difference(x, y, a["key"], n_boot, seed)
+        out.update({f"blockage/{name}": r["diff"], f"blockage/{name}_ci_low": r["ci_low"],
+                    f"blockage/{name}_ci_high": r["ci_high"]})
+    return out
+
+
 def compare_to_baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndarray]],
                          n_boot: int = N_BOOT, seed: int = 0) -> dict[str, float]:
     """``{task}/{metric}_minus_baseline`` with ``_ci_low`` / ``_ci_high`` (95 %, bootstrap over sequences),
@@ -117,6 +139,7 @@ def compare_to_baselines(train_labels: dict[str, list], arrays: dict[str, dict[s
             out[f"{t}/sequences"] = r["sequences"]
         if t == "blockage":  # rare positives: the ranking (AUC) and the decision's balanced accuracy, 0.5 for
             # the majority class (or any constant), so the difference to the trivial baseline is BA - 0.5
+            out.update(persistence_intervals(a, train_labels[t], n_boot, seed))
             labels, logit = a["label"].astype(int), a["output"].reshape(-1)
             for k, v in auc_interval(1.0 / (1.0 + np.exp(-logit)), labels, a["key"], n_boot, seed).items():
                 out[f"blockage/auc_{k}"] = v

@@ -41,6 +41,11 @@ for name, k, b in rows:
     base = b if isinstance(b, float) else r.get(b, nan)
     print(f"[demo] {name}: model {r.get(k, nan):.3f}  trivial baseline {base:.3f}  difference "
           f"{r.get(d, nan):+.3f} [{ci}; {n:.0f} sequences]")
+if "blockage/persistence_minus_baseline" in r:  # frame t's own state as the answer: the room the split leaves
+    d = "blockage/persistence_minus_baseline"
+    print(f"[demo] blockage persistence reference (frame t's state, not given to the model): "
+          f"{r['blockage/persistence_accuracy']:.3f}  difference to the baseline {r[d]:+.3f} "
+          f"[95 % CI {r[d + '_ci_low']:+.3f}, {r[d + '_ci_high']:+.3f}]")
 PYEOF
 echo "[demo] evaluation: Tables I/II, zero-shot, few-shot, real scenario 5, figures -> reports/"
 rm -rf "$OUT/evaluation"

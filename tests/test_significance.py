@@ -98,3 +98,26 @@ def test_blockage_balanced_accuracy_against_the_majority_class():
                                                                    "key": keys}})
     assert clear["blockage/balanced_accuracy_minus_baseline"] == 0.0
     assert clear["blockage/balanced_accuracy_minus_baseline_ci_low"] == 0.0
+
+
+def test_persistence_reference_against_the_majority_and_the_model():
+    """Every sequence (12 of 5 frames) blocked at frames 2-3 and labelled 1 at frames 1-3 (an onset at 1):
+    persistence (frame t's state) is right on 4 of 5, the majority 'clear' on 2 of 5, so persistence is +0.4
+    above it in every sequence (an interval of that value); a model calling only frame 2 blocked is right on
+    3 of 5, 0.2 below persistence. Without a recorded state (or with one frame unrecorded) nothing is
+    reported."""
+    keys = keys_for(12, 5)
+    labels = np.tile([0, 1, 1, 1, 0], 12)
+    now = np.tile([0, 0, 1, 1, 0], 12)
+    train = [np.array(0.0)] * 8 + [np.array(1.0)] * 2
+    model = np.tile([-1.0, -1.0, 1.0, -1.0, -1.0], 12)[:, None]
+    arrays = {"blockage": {"output": model, "label": labels, "key": keys, "blocked_now": now}}
+    out = compare_to_baselines({"blockage": train}, arrays)
+    assert out["blockage/persistence_minus_baseline"] == pytest.approx(0.4)
+    assert out["blockage/persistence_minus_baseline_ci_low"] == pytest.approx(0.4)
+    assert out["blockage/persistence_minus_baseline_ci_high"] == pytest.approx(0.4)
+    assert out["blockage/accuracy_minus_persistence"] == pytest.approx(-0.2)
+    assert out["blockage/accuracy_minus_persistence_ci_high"] == pytest.approx(-0.2)
+    unrecorded = dict(arrays["blockage"], blocked_now=np.where(np.arange(60) == 7, -1, now))
+    for a in (unrecorded, {k: v for k, v in arrays["blockage"].items() if k != "blocked_now"}):
+        assert not any("persistence" in k for k in compare_to_baselines({"blockage": train}, {"blockage": a}))
