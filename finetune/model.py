@@ -172,26 +172,39 @@ class ModelConfig:
     blockage_beams: str = "current"  # current: blockage reads frame t's beam powers and the previous T | past
     head_skip: bool = True  # the heads also read the gated pooled embedding sum_m w_m p_m (Eq. 8's weights)
     blockage_state: bool = True  # the blockage head: frame t's state and the label given it (blockage_mixture)
+    # its loss where frame t's state is recorded: True, the joint likelihood -log p(s) - log p(y | s); False,
+    # the label under the mixture plus the state (blockage_state_loss)
+    blockage_joint: bool = True
     # what a config written before a field existed was trained with (read by finetune.config.from_dict)
     LEGACY: ClassVar[dict] = {"pose_anchor": "none", "blockage_beams": "past", "head_skip": False,
-                              "blockage_state": False}
+                              "blockage_state": False, "blockage_joint": False}
 
 
-def blockage_state_loss(raw: torch.Tensor, label: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and output of the state blockage head (``raw`` (N, 3), :func:`blockage_mixture`): the binary
-    cross-entropy of the label under the mixture, plus that of frame t's state under σ(a) on the rows that
-    record it (``state`` >= 0; a mean over all N rows, so rows without it add nothing). Unweighted maximum
-    likelihood: the output is the log-odds under the data's own prior, and 0.5 is the accuracy-optimal threshold.
-    Frame t's state is most of the label (the link blocked at t stays blocked: on the default twin the label is
-    1 for 84 % of the frames blocked at t and 3.8 % of the clear ones), and the state is what frame t's powers
-    show; without this target the head has to find it from the rare labels alone."""
+def blockage_state_loss(raw: torch.Tensor, label: torch.Tensor, state: torch.Tensor, joint: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and output of the state blockage head (``raw`` (N, 3) = (a, c, o), :func:`blockage_mixture`), a mean
+    over the N rows. Where a row records frame t's state s (``state`` >= 0) and ``joint``: the negative joint
+    log-likelihood -log p(s) - log p(y | s), the binary cross-entropy of s under σ(a) plus that of the label y
+    under σ(c) when blocked, σ(o) when clear, so a learns the state alone and c, o each the label of their own
+    state (the factorisation the head probe fits, finetune/headinit.py). Without ``joint`` (runs before it):
+    the label under the mixture plus the state under σ(a), which lets the label's gradient pull a towards the
+    label (down at the end of a blocked run, up at an onset). A row without a recorded state contributes the
+    label under the mixture, -log p(y), in both. Unweighted maximum likelihood: the output is the log-odds under
+    the data's own prior, and 0.5 is the accuracy-optimal threshold. Frame t's state is most of the label (the
+    link blocked at t stays blocked: on the default twin the label is 1 for 84 % of the frames blocked at t and
+    3.8 % of the clear ones), and the state is what frame t's powers show; without this target the head has to
+    find it from the rare labels alone."""
     logit = blockage_mixture(raw)
-    loss = F.binary_cross_entropy_with_logits(logit.squeeze(-1), label)
+    marginal = F.binary_cross_entropy_with_logits(logit.squeeze(-1), label, reduction="none")
     known = state >= 0
-    if bool(known.any()):
-        per_row = F.binary_cross_entropy_with_logits(raw[:, 0], state.clamp(min=0).to(raw.dtype), reduction="none")
-        loss = loss + (per_row * known.to(raw.dtype)).sum() / len(state)
-    return loss, logit
+    if not bool(known.any()):
+        return marginal.mean(), logit
+    s = state.clamp(min=0).to(raw.dtype)
+    state_nll = F.binary_cross_entropy_with_logits(raw[:, 0], s, reduction="none")
+    if not joint:
+        return marginal.mean() + (state_nll * known.to(raw.dtype)).sum() / len(state), logit
+    given = F.binary_cross_entropy_with_logits(torch.where(s > 0.5, raw[:, 1], raw[:, 2]), label, reduction="none")
+    return torch.where(known, state_nll + given, marginal).mean(), logit
 
 
 class MMSenseModel(nn.Module):
@@ -398,7 +411,7 @@ class MMSenseModel(nn.Module):
             elif self.cfg.blockage_state:
                 state = self.state_target(batch, rows[t]).to(out.device)
                 state_logit = out[:, 0]
-                loss, out = blockage_state_loss(out, label, state)
+                loss, out = blockage_state_loss(out, label, state, self.cfg.blockage_joint)
             else:
                 w = self.pos_weight()
                 loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), label, pos_weight=w)

@@ -75,6 +75,9 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--no-blockage-state", False, action="store_true", help="the blockage head outputs the label's log-odds "
         "alone (trained with the positives weighted) instead of frame t's state and the label given it, trained "
         "on both where the shards record frame t's state")
+    add("--no-blockage-joint", False, action="store_true", help="the state blockage head's loss where the state is "
+        "recorded: the label under the mixture plus the state (runs before 2026-12-08), not the joint likelihood "
+        "-log p(state) - log p(label | state)")
     add("--freeze-encoders", False, action="store_true", help="keep the stage-one encoders fixed")
     p.dataclass_options(FinetuneConfig, skip=("model", "data", "out", "freeze_encoders", "progress", "save_optimizer"),
                         help_texts=TOP_HELP, int_fields=("stop_after_steps",))
@@ -104,7 +107,7 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
         model["backbone"] = backbone
     for flag, key in (("no_gating", "gating"), ("no_task_attention", "task_attention"), ("no_backbone", "use_backbone"),
                       ("no_feature_norm", "feature_norm"), ("no_head_skip", "head_skip"),
-                      ("no_blockage_state", "blockage_state")):
+                      ("no_blockage_state", "blockage_state"), ("no_blockage_joint", "blockage_joint")):
         if flag in given:
             model[key] = not getattr(a, flag)
     for key in ("body", "task_layers", "modality_dropout", "pose_anchor", "blockage_beams"):  # same name on both

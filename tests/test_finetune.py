@@ -271,9 +271,11 @@ def test_head_skip_feeds_the_gated_pooled_embedding_to_the_heads(tiny_backbone, 
 
 
 def test_state_blockage_head_mixture_and_loss_by_hand(tiny_backbone, mixed_shards):
-    """The default blockage head outputs (a, c, o): the label's probability is σ(a)σ(c) + σ(-a)σ(o), trained by
-    plain binary cross-entropy, plus that of frame t's state under σ(a) on the rows that record it."""
-    from finetune.model import blockage_mixture
+    """The default blockage head outputs (a, c, o): the label's probability is σ(a)σ(c) + σ(-a)σ(o). Where
+    frame t's state z is recorded the loss is the joint likelihood -log σ(±a) - log p(y | z) with p(y | z) from
+    c (blocked) or o (clear), elsewhere -log p(y); ``blockage_joint`` off (runs before it): the label under the
+    mixture plus the state under σ(a)."""
+    from finetune.model import blockage_mixture, blockage_state_loss
     torch.manual_seed(0)
     model = MMSenseModel(_cfg(tiny_backbone).model)
     # a from frame t's beam embedding (state_head), c and o from the head
@@ -299,8 +301,20 @@ def test_state_blockage_head_mixture_and_loss_by_hand(tiny_backbone, mixed_shard
     y, z = r["label"].double(), batch["blocked_now"][:6].double()
     label_loss = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
     known = z >= 0
-    state_loss = -(z * torch.log(sig(a)) + (1 - z) * torch.log(sig(-a)))[known].sum() / 6
-    assert float(r["loss"].detach()) == pytest.approx(float(label_loss + state_loss), rel=1e-5)
+    state_nll = -(z * torch.log(sig(a)) + (1 - z) * torch.log(sig(-a)))
+    q = torch.where(z == 1, sig(c), sig(o))  # p(y = 1 | frame t's state)
+    given_nll = -(y * torch.log(q) + (1 - y) * torch.log(1 - q))
+    marginal_nll = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+    joint = torch.where(known, state_nll + given_nll, marginal_nll).mean()
+    assert float(r["loss"].detach()) == pytest.approx(float(joint), rel=1e-5)
+    raw = torch.cat([seen["a"], seen["co"]], -1).detach()
+    loss_old, out_old = blockage_state_loss(raw, r["label"], batch["blocked_now"][:6], joint=False)
+    assert float(loss_old) == pytest.approx(float(label_loss + state_nll[known].sum() / 6), rel=1e-5)
+    assert torch.allclose(out_old, r["output"].detach(), atol=1e-6)  # the output does not depend on the loss
+    # no state recorded: both losses are the label under the mixture
+    for j in (True, False):
+        none_known = blockage_state_loss(raw, r["label"], torch.full((6,), -1.0), joint=j)[0]
+        assert float(none_known) == pytest.approx(float(label_loss), rel=1e-5)
     assert torch.equal(r["state"], batch["blocked_now"][:6])
     # finite and exact far from zero: a certain state makes the label that state's own probability
     big = torch.tensor([[40.0, 3.0, -5.0], [-40.0, 3.0, -5.0], [0.0, -60.0, 60.0]])
@@ -315,6 +329,8 @@ def test_state_blockage_head_mixture_and_loss_by_hand(tiny_backbone, mixed_shard
     assert res["blockage"]["output"].shape == (6, 1)
     from finetune.run import parse_config
     assert parse_config([]).model.blockage_state and not parse_config(["--no-blockage-state"]).model.blockage_state
+    assert parse_config([]).model.blockage_joint and not parse_config(["--no-blockage-joint"]).model.blockage_joint
+    assert from_dict(ModelConfig, {"tasks": ["blockage"], "blockage_state": True}).blockage_joint is False
 
 
 def test_lora_trains_adapters_and_leaves_base_weights(tiny_backbone, mixed_shards):
