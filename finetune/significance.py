@@ -138,7 +138,8 @@ def compare_to_baselines(train_labels: dict[str, list], arrays: dict[str, dict[s
             out[f"{t}/{name}_minus_baseline_ci_high"] = r["ci_high"]
             out[f"{t}/sequences"] = r["sequences"]
         if t == "blockage":  # rare positives: the ranking (AUC) and the decision's balanced accuracy, 0.5 for
-            # the majority class (or any constant), so the difference to the trivial baseline is BA - 0.5
+            # the majority class (or any constant), so the difference to the trivial baseline is BA - 0.5;
+            # and the persistence reference where every frame records its state
             out.update(persistence_intervals(a, train_labels[t], n_boot, seed))
             labels, logit = a["label"].astype(int), a["output"].reshape(-1)
             for k, v in auc_interval(1.0 / (1.0 + np.exp(-logit)), labels, a["key"], n_boot, seed).items():
