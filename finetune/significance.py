@@ -100,19 +100,23 @@ def per_frame_scores(task: str, output: np.ndarray, label: np.ndarray, train_lab
             "pa_mpjpe_mm": (pa_mpjpe_per_frame_mm(pred, true), pa_mpjpe_per_frame_mm(mean, true))}
 
 
+def recorded_state(a: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Frame t's link state of every blockage frame (``blocked_now``), or None unless every frame records it."""
+    now = a.get("blocked_now")
+    return now if now is not None and len(now) and bool((now >= 0).all()) else None
+
+
 def persistence_intervals(a: dict[str, np.ndarray], train_labels: list, n_boot: int = N_BOOT,
                           seed: int = 0) -> dict[str, float]:
-    """Where every blockage frame records the link's state at frame t (``blocked_now`` >= 0): how far the
+    """Where every blockage frame records the link's state at frame t (:func:`recorded_state`): how far the
     persistence reference (frame t's own state as the answer) lies above the majority class, and the model
     from it, each with its interval. The first says how much room the split leaves a model that reads frame
     t's state perfectly but foresees no onset; on a split of few sequences it can itself be near zero."""
-    now = a.get("blocked_now")
-    if now is None or not len(now) or not bool((now >= 0).all()):
+    now = recorded_state(a)
+    if now is None:
         return {}
-    label = a["label"].astype(int)
-    persist = (now == label).astype(float)
-    model = ((a["output"].reshape(-1) >= 0).astype(int) == label).astype(float)
-    major = (label == majority_class(train_labels)).astype(float)
+    model, major = per_frame_scores("blockage", a["output"], a["label"], train_labels)["accuracy"]
+    persist = (now == a["label"]).astype(float)
     out = {}
     for name, (x, y) in {"persistence_minus_baseline": (persist, major),
                          "accuracy_minus_persistence": (model, persist)}.items():

@@ -20,7 +20,7 @@ from finetune.augment import shift_human_scenes
 from finetune.config import FinetuneConfig, from_dict
 from finetune.metrics import majority_class, task_metrics
 from finetune.model import LABEL_STATS, MMSenseModel
-from finetune.significance import compare_to_baselines
+from finetune.significance import compare_to_baselines, recorded_state
 from pretrain.data import resolve_data, split_dirs
 from pretrain.model import BindingConfig
 from pretrain.train import log_record, stream_config, to_device
@@ -123,8 +123,8 @@ def baselines(train_labels: dict[str, list], arrays: dict[str, dict[str, np.ndar
     out = {}
     for t, a in arrays.items():
         lab = a["label"]
-        now = a.get("blocked_now")
-        if t == "blockage" and now is not None and len(now) and bool((now >= 0).all()):
+        now = recorded_state(a) if t == "blockage" else None
+        if now is not None:
             out["blockage/persistence_accuracy"] = float((now == lab).mean())
         if t in ("beam", "har", "blockage") and train_labels.get(t):
             major = majority_class(train_labels[t])
